@@ -1,0 +1,8 @@
+//! Library of the `proxy/` crate; the binary in `src/main.rs` only parses flags.
+
+/// Installs the process-wide rustls crypto provider (ring). Call first thing
+/// in `main`; a second call is harmless.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
