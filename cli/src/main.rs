@@ -1,11 +1,8 @@
 use clap::Parser;
 
-/// meshctl: install, inspect and operate the mesh.
-#[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = mesh_cli::Cli::parse();
+    let code = mesh_cli::run(cli).await?;
+    std::process::exit(code);
 }

@@ -1,0 +1,48 @@
+//! meshctl: the mesh's command-line tool. Each subcommand lives in its own
+//! module with its own clap `Args` and a `run` function; `main.rs` only
+//! dispatches.
+
+pub mod analyze;
+pub mod bootstrap;
+pub mod resources;
+pub mod status;
+
+use clap::{Parser, Subcommand};
+
+/// meshctl: install, inspect and operate the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, about)]
+pub struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// meshctl's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate config files and report cross-resource problems.
+    Analyze(analyze::Args),
+    /// Create or update resources in meshd from YAML/JSON files.
+    Apply(resources::ApplyArgs),
+    /// List or show resources stored in meshd.
+    Get(resources::GetArgs),
+    /// Delete resources from meshd.
+    Delete(resources::DeleteArgs),
+    /// Show each connected proxy's xDS sync state.
+    ProxyStatus(status::Args),
+    /// Print a bootstrap that points a proxy (a real Envoy) at meshd.
+    Bootstrap(bootstrap::Args),
+}
+
+/// Runs one parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Analyze(a) => analyze::run(a),
+        Command::Apply(a) => resources::apply(a).await,
+        Command::Get(a) => resources::get(a).await,
+        Command::Delete(a) => resources::delete(a).await,
+        Command::ProxyStatus(a) => status::run(a).await,
+        Command::Bootstrap(a) => bootstrap::run(a),
+    }
+}
