@@ -1,5 +1,8 @@
-//! End-to-end harness, the demo application and (later) the benchmark
-//! harness. The demo application is a library here so that tests and
-//! benchmarks can run it in-process as well as through its binary.
+//! End-to-end harness, the demo application and the load generator.
+//! The demo application and the load generator are libraries here so that
+//! tests and benchmarks can run them in-process as well as through their
+//! binaries; `netns` builds pods as network namespaces for the e2e suite.
 
 pub mod demo;
+pub mod load;
+pub mod netns;

@@ -16,9 +16,9 @@ struct Cli {
     /// Service name to report.
     #[arg(long, env = "DEMO_SERVICE")]
     service: String,
-    /// Version to report.
-    #[arg(long, default_value = "v1", env = "DEMO_VERSION")]
-    version: String,
+    /// Version to report (the `version` label of the workload).
+    #[arg(long = "service-version", default_value = "v1", env = "DEMO_VERSION")]
+    service_version: String,
     /// Milliseconds to wait before answering.
     #[arg(long, default_value_t = 0, env = "DEMO_LATENCY_MS")]
     latency_ms: u64,
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cli.listen))?;
     let config = DemoConfig {
         service: cli.service,
-        version: cli.version,
+        version: cli.service_version,
         latency: Duration::from_millis(cli.latency_ms),
         error_rate: cli.error_rate,
         response_size: cli.response_size,
@@ -71,4 +71,14 @@ async fn main() -> anyhow::Result<()> {
     };
     serve(listener, config, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
