@@ -497,9 +497,9 @@ impl CertificateAuthority {
     /// the CA used one) takes over signing, and the trust bundle keeps the
     /// old roots until they expire, so SVIDs under either root verify.
     pub fn rotate_root(dir: &Path, policy: IssuePolicy) -> Result<Self, AuthorityError> {
-        let old = Self::load(dir, None, policy)?;
         let root_key_pem =
             read_opt(dir, ROOT_KEY)?.ok_or_else(|| AuthorityError::NoRootKey(dir.to_path_buf()))?;
+        let old = Self::load(dir, None, policy)?;
         let root_key = KeyPair::from_pem(&root_key_pem).map_err(|source| AuthorityError::Key {
             path: dir.join(ROOT_KEY),
             source,
