@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod bootstrap;
+pub mod inject;
 pub mod resources;
 pub mod status;
 
@@ -33,6 +34,8 @@ pub enum Command {
     ProxyStatus(status::Args),
     /// Print a bootstrap that points a proxy (a real Envoy) at meshd.
     Bootstrap(bootstrap::Args),
+    /// Add the sidecar to Kubernetes workloads (YAML in, YAML out).
+    Inject(inject::Args),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -44,5 +47,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Delete(a) => resources::delete(a).await,
         Command::ProxyStatus(a) => status::run(a).await,
         Command::Bootstrap(a) => bootstrap::run(a),
+        Command::Inject(a) => inject::run(a),
     }
 }
