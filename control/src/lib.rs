@@ -1,4 +1,14 @@
-//! Library of the `control/` crate; the binary in `src/main.rs` only parses flags.
+//! Library of the `control/` crate (meshd); the binary in `src/main.rs` only
+//! parses flags and calls [`server::run`].
+
+pub mod api;
+pub mod config;
+pub mod debug;
+pub mod documents;
+pub mod http;
+pub mod server;
+pub mod state;
+pub mod store;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing
 /// in `main`; a second call is harmless.

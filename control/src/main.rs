@@ -1,12 +1,17 @@
 use clap::Parser;
 
-/// meshd: the mesh's control plane.
-#[derive(Debug, Parser)]
-#[command(name = "meshd", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     mesh_control::install_crypto_provider();
-    let _cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = mesh_control::config::Config::parse();
+    let _running = mesh_control::server::start(&config).await?;
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
     Ok(())
 }

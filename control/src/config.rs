@@ -1,0 +1,62 @@
+//! meshd's command-line flags (parsed in `main.rs`, used by [`crate::server`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// meshd: the mesh's control plane.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "meshd", version, about)]
+pub struct Config {
+    /// Where the SQLite database lives. Default: `$XDG_DATA_HOME/mesh`, else
+    /// `~/.local/share/mesh`.
+    #[arg(long, env = "MESHD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve config from this directory of YAML files (read-only) instead of
+    /// the SQLite store. VIPs are still kept in the data dir.
+    #[arg(long, env = "MESHD_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// xDS (ADS, plaintext gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:15010", env = "MESHD_XDS_ADDR")]
+    pub xds_addr: SocketAddr,
+    /// Management API, debug endpoints and metrics (HTTP) listen address.
+    #[arg(long, default_value = "127.0.0.1:15014", env = "MESHD_HTTP_ADDR")]
+    pub http_addr: SocketAddr,
+    /// How long config changes are collected before one push.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// How long an auto-registered workload stays (unhealthy) after its
+    /// proxy's stream drops.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub workload_grace: Duration,
+}
+
+impl Config {
+    /// The data directory, resolving the default.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("mesh");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".local/share/mesh")
+    }
+}
+
+/// Parses `100ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    }
+}
