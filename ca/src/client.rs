@@ -401,3 +401,104 @@ async fn renew_loop<S: CertSource>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::{CertificateAuthority, InitOptions, IssuePolicy};
+    use crate::csr::verify_csr_pem;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A CA in-process that can be switched off to simulate an outage.
+    struct FakeCa {
+        ca: CertificateAuthority,
+        down: Arc<AtomicBool>,
+        fetches: Arc<AtomicUsize>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl CertSource for FakeCa {
+        async fn fetch(
+            &self,
+            _current: Option<Arc<WorkloadCert>>,
+        ) -> Result<WorkloadCert, ClientError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ClientError::Status(tonic::Status::unavailable("CA down")));
+            }
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/reviews"
+                .parse()
+                .unwrap();
+            let key = rcgen::KeyPair::generate()?;
+            let csr = verify_csr_pem(&build_csr_pem(&id, &key)?).unwrap();
+            let issued = self
+                .ca
+                .sign_csr(&csr, Some(Duration::from_secs(3600)))
+                .unwrap();
+            WorkloadCert::from_parts(
+                id,
+                &issued.chain_pem,
+                key.serialize_der(),
+                self.ca.trust_bundle().clone(),
+            )
+        }
+    }
+
+    fn fake() -> (FakeCa, Arc<AtomicBool>, Arc<AtomicUsize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::init(
+            dir.path(),
+            &InitOptions::new("cluster.local"),
+            IssuePolicy::default(),
+        )
+        .unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let fake = FakeCa {
+            ca,
+            down: down.clone(),
+            fetches: fetches.clone(),
+            _dir: dir,
+        };
+        (fake, down, fetches)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_half_life_and_survives_a_ca_outage_until_expiry() {
+        let (fake, down, fetches) = fake();
+        let metrics = ClientMetrics::default();
+        let (mut rx, task) = Identity::spawn(fake, RenewPolicy::default(), metrics.clone());
+        rx.wait_for(|c| c.is_some()).await.unwrap();
+        let first = rx.borrow().clone().unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(metrics.cert_expiry_seconds.get() > 0);
+
+        // 1 h lifetime: renewal comes between 40% and 50% of it, well
+        // before expiry.
+        tokio::time::sleep(Duration::from_secs(1440 - 5)).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "no renewal before 40%");
+        tokio::time::sleep(Duration::from_secs(1800 - 1440 + 10)).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "renewed by half-life");
+        let second = rx.borrow().clone().unwrap();
+        assert_ne!(first.chain[0], second.chain[0]);
+
+        // The CA goes away: retries fail, the current cert keeps serving.
+        down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2400)).await;
+        assert!(metrics.failures.get() > 0, "retried while down");
+        let still = rx.borrow().clone().expect("cert kept while valid");
+        assert_eq!(still.chain[0], second.chain[0]);
+
+        // Past its expiry the cert is withdrawn rather than served stale.
+        tokio::time::sleep(Duration::from_secs(1300)).await;
+        assert!(rx.borrow().is_none(), "expired cert withdrawn");
+        assert_eq!(metrics.cert_expiry_seconds.get(), 0);
+
+        // The CA comes back: within the maximum backoff a cert is back.
+        down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(rx.borrow().is_some(), "recovered after the outage");
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
+        task.abort();
+    }
+}

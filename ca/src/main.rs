@@ -250,6 +250,9 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
+            // Printed so that a supervisor (or a test) that asked for port 0
+            // learns the port.
+            println!("listening on {}", listener.local_addr()?);
             let mut registry = prometheus_client::registry::Registry::default();
             let metrics = CaMetrics::register(&mut registry);
             let opts = ServeOptions {

@@ -213,3 +213,127 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::{CertificateAuthority, InitOptions, IssuePolicy};
+    use crate::client::WorkloadCert;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ca() -> (CertificateAuthority, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = InitOptions::new("cluster.local");
+        opts.intermediate = true;
+        let ca = CertificateAuthority::init(dir.path(), &opts, IssuePolicy::default()).unwrap();
+        (ca, dir)
+    }
+
+    fn workload(ca: &CertificateAuthority, sa: &str) -> WorkloadCert {
+        let id = SpiffeId::new("cluster.local", "default", sa).unwrap();
+        let issued = ca.issue_with_new_key(&id, None).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .unwrap()
+            .secret_der()
+            .to_vec();
+        WorkloadCert::from_parts(id, &issued.cert.chain_pem, key, ca.trust_bundle().clone())
+            .unwrap()
+    }
+
+    use rustls::pki_types::pem::PemObject;
+
+    /// Runs an mTLS handshake; Ok when both sides accepted each other.
+    async fn handshake(
+        client: &WorkloadCert,
+        client_accepts: PeerPolicy,
+        server: &WorkloadCert,
+        server_accepts: PeerPolicy,
+    ) -> Result<(), String> {
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let sc = Arc::new(server.server_config(server_accepts).unwrap());
+        let cc = Arc::new(client.client_config(client_accepts).unwrap());
+        let srv = tokio::spawn(async move {
+            let mut s = tokio_rustls::TlsAcceptor::from(sc)
+                .accept(b)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"ok").await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        });
+        let name = ServerName::try_from("any.name.works").unwrap();
+        let cli = async {
+            let mut c = tokio_rustls::TlsConnector::from(cc)
+                .connect(name, a)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 2];
+            c.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        let c = cli.await;
+        let s = srv.await.unwrap();
+        c.and(s)
+    }
+
+    #[tokio::test]
+    async fn workloads_of_one_trust_domain_complete_mtls() {
+        let (ca, _d) = ca();
+        let (a, b) = (workload(&ca, "productpage"), workload(&ca, "reviews"));
+        let reviews = SpiffeId::new("cluster.local", "default", "reviews").unwrap();
+        handshake(
+            &a,
+            PeerPolicy::AnyOf(vec![reviews]),
+            &b,
+            PeerPolicy::TrustDomain,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn client_refuses_a_server_whose_spiffe_id_is_not_allowed() {
+        let (ca, _d) = ca();
+        let (a, b) = (workload(&ca, "productpage"), workload(&ca, "reviews"));
+        let ratings = SpiffeId::new("cluster.local", "default", "ratings").unwrap();
+        let err = handshake(
+            &a,
+            PeerPolicy::AnyOf(vec![ratings]),
+            &b,
+            PeerPolicy::TrustDomain,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("NotAllowed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn server_refuses_a_client_from_another_ca() {
+        let (ca1, _d1) = ca();
+        let (ca2, _d2) = ca();
+        let (a, b) = (workload(&ca2, "productpage"), workload(&ca1, "reviews"));
+        // The client trusts ca2 only, so give it ca1's bundle to reach the
+        // server's own check of the client.
+        let a = WorkloadCert {
+            roots: ca1.trust_bundle().clone(),
+            ..a
+        };
+        assert!(
+            handshake(&a, PeerPolicy::TrustDomain, &b, PeerPolicy::TrustDomain)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn spiffe_id_is_read_from_the_single_uri_san() {
+        let (ca, _d) = ca();
+        let w = workload(&ca, "reviews");
+        assert_eq!(spiffe_id_of_cert(&w.chain[0]), Some(w.spiffe_id.clone()));
+        assert_eq!(
+            spiffe_id_of_cert(&w.chain[1]),
+            None,
+            "intermediate has no URI SAN"
+        );
+    }
+}
