@@ -3,6 +3,7 @@
 //! tests and benchmarks can run them in-process as well as through their
 //! binaries; `netns` builds pods as network namespaces for the e2e suite.
 
+pub mod bins;
 pub mod demo;
 pub mod load;
 pub mod netns;
