@@ -36,17 +36,16 @@ pub enum SpiffeIdError {
 fn valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
@@ -128,11 +127,16 @@ mod tests {
 
     #[test]
     fn parses_and_formats_round_trip() {
-        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/reviews".parse().unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/reviews"
+            .parse()
+            .unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service_account(), "reviews");
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
     }
 
     #[test]
