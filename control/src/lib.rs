@@ -6,9 +6,14 @@ pub mod config;
 pub mod debug;
 pub mod documents;
 pub mod http;
+pub mod node;
+pub mod registry;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod translate;
+pub mod vip;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing
 /// in `main`; a second call is harmless.

@@ -60,15 +60,12 @@ async fn apply_get_list_delete_over_http() {
 async fn invalid_apply_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = start(dir.path()).await;
-    let bad = format!("{DOCS}---\nkind: VirtualService\nmetadata: {{}}\n");
+    let bad = format!(
+        "{DOCS}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\nspec: {{hostz: [a]}}\n"
+    );
     let (status, body) = call(meshd.http_addr, "POST", "/apis/v1/apply", &bad).await;
     assert_eq!(status, 422, "{body}");
-    assert!(
-        body["errors"][0]
-            .as_str()
-            .unwrap()
-            .contains("metadata.name")
-    );
+    assert!(body["errors"][0].as_str().unwrap().contains("hostz"));
     let (_, body) = call(meshd.http_addr, "GET", "/apis/v1/all", "").await;
     assert!(body["items"].as_array().unwrap().is_empty());
 }

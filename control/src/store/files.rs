@@ -294,7 +294,7 @@ mod tests {
         std::fs::write(&file, "kind: VirtualService\nmetadata: {}\n").unwrap();
         assert!(store.reload().is_err());
         assert_eq!(store.list(None, None).await.unwrap().len(), 1);
-        assert!(store.last_error().unwrap().contains("metadata.name"));
+        assert!(store.last_error().unwrap().contains("apiVersion"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,444 @@
+//! CDS: `outbound|<port>|<subset>|<host>` per service port and subset (with
+//! the DestinationRule's LB, pool, outlier and TLS), `inbound|<port>||` for
+//! the proxy's own ports, `PassthroughCluster` and `BlackHoleCluster`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mesh_model::naming::{self, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use mesh_model::networking::{
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings,
+    OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
+};
+use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection,
+    circuit_breakers::Thresholds,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use mesh_proto::envoy::pb::envoy::config::core::v3::{
+    Address, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, SocketAddress,
+    TransportSocket, address, socket_address, transport_socket,
+};
+use mesh_proto::envoy::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher::SanType,
+};
+use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use mesh_proto::envoy::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use mesh_proto::envoy::pb::google::protobuf::UInt32Value;
+
+use super::{Context, Generated, ads_source, istio_duration, pack, pb_duration};
+use crate::node::Interception;
+use crate::registry::{Protocol, Service, ServicePort};
+
+/// Connect timeout when no DestinationRule sets one (Istio's default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// All clusters of a proxy, and the names of its EDS clusters.
+pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsCluster>) {
+    let mut out = BTreeMap::new();
+    let mut eds = Vec::new();
+    for svc in &ctx.services {
+        let dr = ctx.destination_rules.get(&svc.host);
+        for port in &svc.ports {
+            let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+            let mut variants = vec![(None, top, BTreeMap::new())];
+            for subset in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
+                let policy = subset.traffic_policy.as_ref().or(top);
+                variants.push((Some(subset.name.as_str()), policy, subset.labels.clone()));
+            }
+            for (subset, policy, labels) in variants {
+                let name = naming::outbound_cluster_name(port.number, subset, &svc.host);
+                let cluster = outbound_cluster(&name, svc, port, subset, policy);
+                out.insert(name.clone(), pack(&cluster));
+                eds.push(EdsCluster {
+                    name,
+                    host: svc.host.clone(),
+                    port: port.clone(),
+                    labels,
+                });
+            }
+        }
+    }
+    if ctx.proxy.interception != Interception::None {
+        for (_, port) in &ctx.proxy.service_ports {
+            let name = naming::inbound_cluster_name(*port);
+            out.insert(name.clone(), pack(&inbound_cluster(&name, *port)));
+        }
+    }
+    let passthrough = Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+        ..Default::default()
+    };
+    out.insert(PASSTHROUGH_CLUSTER.into(), pack(&passthrough));
+    let blackhole = Cluster {
+        name: BLACKHOLE_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+        ..Default::default()
+    };
+    out.insert(BLACKHOLE_CLUSTER.into(), pack(&blackhole));
+    (out, eds)
+}
+
+/// An EDS cluster and how to pick its endpoints.
+#[derive(Debug, Clone)]
+pub struct EdsCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Service host.
+    pub host: String,
+    /// Service port.
+    pub port: ServicePort,
+    /// Subset labels (empty: every endpoint).
+    pub labels: BTreeMap<String, String>,
+}
+
+fn outbound_cluster(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&str>,
+    policy: Option<&TrafficPolicy>,
+) -> Cluster {
+    // Port-level settings override the policy's own, field by field.
+    let port_level = policy.and_then(|p| {
+        p.port_level_settings
+            .iter()
+            .find(|s| s.port.as_ref().is_some_and(|x| x.number == port.number))
+    });
+    let lb = port_level
+        .and_then(|p| p.load_balancer.as_ref())
+        .or(policy.and_then(|p| p.load_balancer.as_ref()));
+    let pool = port_level
+        .and_then(|p| p.connection_pool.as_ref())
+        .or(policy.and_then(|p| p.connection_pool.as_ref()));
+    let outlier = port_level
+        .and_then(|p| p.outlier_detection.as_ref())
+        .or(policy.and_then(|p| p.outlier_detection.as_ref()));
+    let tls = port_level
+        .and_then(|p| p.tls.as_ref())
+        .or(policy.and_then(|p| p.tls.as_ref()));
+    let connect_timeout = pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| istio_duration(t.connect_timeout.as_ref()))
+        .unwrap_or(pb_duration(DEFAULT_CONNECT_TIMEOUT));
+    let mut cluster = Cluster {
+        name: name.to_string(),
+        alt_stat_name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(connect_timeout),
+        lb_policy: lb_policy(lb) as i32,
+        circuit_breakers: pool.map(circuit_breakers),
+        outlier_detection: outlier.map(outlier_detection),
+        ..Default::default()
+    };
+    let mut http_opts = http_options(pool, port.protocol);
+    if let Some(o) = http_opts.take() {
+        cluster.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            pack(&o).any,
+        );
+    }
+    cluster.transport_socket = transport_socket(svc, port, subset, tls);
+    cluster
+}
+
+fn lb_policy(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
+    let Some(lb) = lb else {
+        return LbPolicy::LeastRequest;
+    };
+    if let Some(ch) = &lb.consistent_hash {
+        return if ch.maglev.is_some() {
+            LbPolicy::Maglev
+        } else {
+            LbPolicy::RingHash
+        };
+    }
+    match lb.simple {
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
+        _ => LbPolicy::LeastRequest,
+    }
+}
+
+fn u32v(v: Option<i32>) -> Option<UInt32Value> {
+    v.filter(|v| *v > 0)
+        .map(|v| UInt32Value { value: v as u32 })
+}
+
+fn circuit_breakers(pool: &ConnectionPoolSettings) -> CircuitBreakers {
+    let tcp = pool.tcp.as_ref();
+    let http = pool.http.as_ref();
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: u32v(tcp.and_then(|t| t.max_connections)),
+            max_pending_requests: u32v(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: u32v(http.and_then(|h| h.http2_max_requests)),
+            max_retries: u32v(http.and_then(|h| h.max_retries)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn outlier_detection(o: &IstioOutlier) -> OutlierDetection {
+    let consecutive_5xx = o
+        .consecutive_5xx_errors
+        .or(o.consecutive_errors.map(|v| v.max(0) as u32));
+    OutlierDetection {
+        consecutive_5xx: consecutive_5xx.map(|v| UInt32Value { value: v }),
+        enforcing_consecutive_5xx: Some(UInt32Value {
+            value: if consecutive_5xx.is_some_and(|v| v > 0) {
+                100
+            } else {
+                0
+            },
+        }),
+        consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .map(|v| UInt32Value { value: v }),
+        enforcing_consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .map(|_| UInt32Value { value: 100 }),
+        interval: istio_duration(o.interval.as_ref()),
+        base_ejection_time: istio_duration(o.base_ejection_time.as_ref()),
+        max_ejection_percent: u32v(o.max_ejection_percent),
+        ..Default::default()
+    }
+}
+
+fn http_options(
+    pool: Option<&ConnectionPoolSettings>,
+    protocol: Protocol,
+) -> Option<HttpProtocolOptions> {
+    let http = pool.and_then(|p| p.http.as_ref());
+    let idle = http.and_then(|h| istio_duration(h.idle_timeout.as_ref()));
+    let max_req = u32v(http.and_then(|h| h.max_requests_per_connection));
+    if idle.is_none() && max_req.is_none() && protocol != Protocol::Http2 {
+        return None;
+    }
+    let protocol_config = if protocol == Protocol::Http2 {
+        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+            Http2ProtocolOptions::default(),
+        )
+    } else {
+        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+            Default::default(),
+        )
+    };
+    Some(HttpProtocolOptions {
+        common_http_protocol_options: Some(CoreHttpOptions {
+            idle_timeout: idle,
+            max_requests_per_connection: max_req,
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(protocol_config),
+                },
+            ),
+        ),
+        ..Default::default()
+    })
+}
+
+/// mTLS when the DestinationRule asks for ISTIO_MUTUAL, or by default when
+/// every endpoint runs a sidecar (Istio's auto mTLS); none for DISABLE,
+/// external services and plain workloads.
+fn transport_socket(
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&str>,
+    tls: Option<&ClientTlsSettings>,
+) -> Option<TransportSocket> {
+    let mode = tls.and_then(|t| t.mode);
+    let auto =
+        !svc.external && !svc.endpoints.is_empty() && svc.endpoints.iter().all(|e| e.is_mesh());
+    let ctx = match mode {
+        Some(ClientTlsMode::IstioMutual) => istio_mutual(svc, port, subset),
+        Some(ClientTlsMode::Simple) => UpstreamTlsContext {
+            sni: tls
+                .and_then(|t| t.sni.clone())
+                .unwrap_or_else(|| svc.host.clone()),
+            ..Default::default()
+        },
+        Some(ClientTlsMode::Disable) => return None,
+        _ if auto => istio_mutual(svc, port, subset),
+        _ => return None,
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&ctx).any)),
+    })
+}
+
+fn istio_mutual(svc: &Service, port: &ServicePort, subset: Option<&str>) -> UpstreamTlsContext {
+    let mut accounts: Vec<String> = svc
+        .endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                e.namespace,
+                e.service_account.as_deref().unwrap_or("default")
+            )
+        })
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    let sans = accounts
+        .into_iter()
+        .map(|id| SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(id)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: "default".into(),
+                ..Default::default()
+            }],
+            alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(SdsSecretConfig {
+                            name: "ROOTCA".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        sni: naming::sni_for_cluster(port.number, subset, &svc.host),
+        ..Default::default()
+    }
+}
+
+fn inbound_cluster(name: &str, port: u32) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address("127.0.0.1", port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A TCP socket address.
+pub fn socket_address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{proxy, snapshot};
+    use super::super::{CLUSTER_TYPE, generate};
+    use super::*;
+    use prost::Message;
+
+    const YAML: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 2s}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: RANDOM}, tls: {mode: ISTIO_MUTUAL}}}
+";
+
+    fn cluster(cfg: &super::super::ProxyConfig, name: &str) -> Cluster {
+        Cluster::decode(cfg[CLUSTER_TYPE][name].any.value.as_slice()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn destination_rule_shapes_clusters_and_subsets() {
+        let snap = snapshot(YAML).await;
+        let cfg = generate(&snap, &proxy());
+        let host = "backend.default.svc.cluster.local";
+        let all = cluster(&cfg, &format!("outbound|80||{host}"));
+        assert_eq!(all.lb_policy, LbPolicy::RoundRobin as i32);
+        assert_eq!(all.connect_timeout.unwrap().seconds, 2);
+        assert_eq!(
+            all.circuit_breakers.unwrap().thresholds[0]
+                .max_connections
+                .unwrap()
+                .value,
+            7
+        );
+        assert_eq!(
+            all.outlier_detection
+                .unwrap()
+                .consecutive_5xx
+                .unwrap()
+                .value,
+            3
+        );
+        assert!(all.transport_socket.is_none(), "plain endpoints: no mTLS");
+        let v2 = cluster(&cfg, &format!("outbound|80|v2|{host}"));
+        assert_eq!(v2.lb_policy, LbPolicy::Random as i32);
+        assert!(v2.transport_socket.is_some(), "ISTIO_MUTUAL asked for");
+        assert!(cfg[CLUSTER_TYPE].contains_key(&format!("outbound|80|v1|{host}")));
+        assert!(cfg[CLUSTER_TYPE].contains_key("PassthroughCluster"));
+        assert!(cfg[CLUSTER_TYPE].contains_key("BlackHoleCluster"));
+    }
+}

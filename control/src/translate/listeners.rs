@@ -1,0 +1,334 @@
+//! LDS: `virtualOutbound` (15001, one chain per VIP:port) and
+//! `virtualInbound` (15006, one chain per workload port) for captured
+//! proxies; for explicit-mode proxies (`INTERCEPTION_MODE=NONE`) one HTTP
+//! proxy listener on `127.0.0.1:<MESH_OUTBOUND_PORT>` routing by `Host`.
+
+use std::collections::BTreeMap;
+
+use mesh_model::naming::{
+    self, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_LISTENER,
+    VIRTUAL_OUTBOUND_LISTENER,
+};
+use mesh_model::networking::OutboundTrafficMode;
+use mesh_proto::envoy::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use mesh_proto::envoy::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use mesh_proto::envoy::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use mesh_proto::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use mesh_proto::envoy::pb::envoy::extensions::filters::http::router::v3::Router;
+use mesh_proto::envoy::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use mesh_proto::envoy::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use mesh_proto::envoy::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use mesh_proto::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use mesh_proto::envoy::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy,
+};
+use mesh_proto::envoy::pb::google::protobuf::{Any, BoolValue, UInt32Value};
+
+use super::clusters::socket_address;
+use super::routes::EXPLICIT_ROUTE_CONFIG;
+use super::{Context, Generated, ads_source, pack};
+use crate::node::Interception;
+use crate::registry::Protocol;
+
+/// Port of the outbound capture listener.
+pub const OUTBOUND_PORT: u32 = 15001;
+/// Port of the inbound capture listener.
+pub const INBOUND_PORT: u32 = 15006;
+/// Name of the explicit-mode HTTP proxy listener.
+pub const EXPLICIT_LISTENER: &str = "explicitOutbound";
+
+/// Every listener of a proxy.
+pub fn listeners(ctx: &Context<'_>) -> BTreeMap<String, Generated> {
+    let mut out = BTreeMap::new();
+    match ctx.proxy.interception {
+        Interception::None => {
+            if let Some(port) = ctx.proxy.outbound_port {
+                let l = Listener {
+                    name: EXPLICIT_LISTENER.into(),
+                    address: Some(socket_address("127.0.0.1", port)),
+                    traffic_direction: TrafficDirection::Outbound as i32,
+                    filter_chains: vec![FilterChain {
+                        name: EXPLICIT_LISTENER.into(),
+                        filters: vec![hcm_rds(EXPLICIT_LISTENER, EXPLICIT_ROUTE_CONFIG)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                out.insert(l.name.clone(), pack(&l));
+            }
+        }
+        Interception::Redirect | Interception::Tproxy => {
+            let tproxy = ctx.proxy.interception == Interception::Tproxy;
+            let o = outbound(ctx, tproxy);
+            out.insert(o.name.clone(), pack(&o));
+            let i = inbound(ctx, tproxy);
+            out.insert(i.name.clone(), pack(&i));
+        }
+    }
+    out
+}
+
+fn typed(name: &str, any: Any) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any)),
+    }
+}
+
+fn listener_filters() -> Vec<ListenerFilter> {
+    [
+        (
+            "envoy.filters.listener.original_dst",
+            pack(&OriginalDst::default()).any,
+        ),
+        (
+            "envoy.filters.listener.tls_inspector",
+            pack(&TlsInspector::default()).any,
+        ),
+        (
+            "envoy.filters.listener.http_inspector",
+            pack(&HttpInspector::default()).any,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, any)| ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    })
+    .collect()
+}
+
+fn http_filters() -> Vec<HttpFilter> {
+    vec![
+        HttpFilter {
+            name: "envoy.filters.http.fault".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                pack(&HttpFault::default()).any,
+            )),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                pack(&Router::default()).any,
+            )),
+            ..Default::default()
+        },
+    ]
+}
+
+fn hcm(stat_prefix: &str, routes: http_connection_manager::RouteSpecifier) -> Filter {
+    let hcm = HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
+        route_specifier: Some(routes),
+        http_filters: http_filters(),
+        ..Default::default()
+    };
+    typed(
+        "envoy.filters.network.http_connection_manager",
+        pack(&hcm).any,
+    )
+}
+
+fn hcm_rds(stat_prefix: &str, route_config: &str) -> Filter {
+    hcm(
+        stat_prefix,
+        http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_source()),
+            route_config_name: route_config.into(),
+        }),
+    )
+}
+
+fn tcp(stat_prefix: &str, cluster: &str) -> Filter {
+    let t = TcpProxy {
+        stat_prefix: stat_prefix.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    typed("envoy.filters.network.tcp_proxy", pack(&t).any)
+}
+
+fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
+    let mut chains = Vec::new();
+    for s in &ctx.services {
+        for p in &s.ports {
+            let name = format!("outbound|{}||{}", p.number, s.host);
+            let filter = if p.protocol.is_http() {
+                hcm_rds(&name, &naming::route_config_name(p.number))
+            } else {
+                tcp(
+                    &name,
+                    &naming::outbound_cluster_name(p.number, None, &s.host),
+                )
+            };
+            chains.push(FilterChain {
+                name,
+                filter_chain_match: Some(FilterChainMatch {
+                    prefix_ranges: vec![CidrRange {
+                        address_prefix: s.vip.to_string(),
+                        prefix_len: Some(UInt32Value { value: 32 }),
+                    }],
+                    destination_port: Some(UInt32Value { value: p.number }),
+                    ..Default::default()
+                }),
+                filters: vec![filter],
+                ..Default::default()
+            });
+        }
+    }
+    let registry_only = ctx.snapshot.config.iter().any(|r| match r {
+        mesh_model::Resource::Sidecar(sc) => {
+            r.namespace() == ctx.proxy.namespace
+                && sc
+                    .spec
+                    .outbound_traffic_policy
+                    .as_ref()
+                    .and_then(|p| p.mode)
+                    == Some(OutboundTrafficMode::RegistryOnly)
+        }
+        _ => false,
+    });
+    let fallback = if registry_only {
+        BLACKHOLE_CLUSTER
+    } else {
+        PASSTHROUGH_CLUSTER
+    };
+    Listener {
+        name: VIRTUAL_OUTBOUND_LISTENER.into(),
+        address: Some(socket_address("0.0.0.0", OUTBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        transparent: tproxy.then_some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        listener_filters: listener_filters(),
+        filter_chains: chains,
+        default_filter_chain: Some(FilterChain {
+            name: fallback.into(),
+            filters: vec![tcp(fallback, fallback)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
+    let mut chains = Vec::new();
+    for (proto, port) in &ctx.proxy.service_ports {
+        let name = naming::inbound_cluster_name(*port);
+        let filter = if Protocol::detect(None, Some(proto)).is_http() {
+            let rc = RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: name.clone(),
+                    domains: vec!["*".into()],
+                    routes: vec![Route {
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                            ..Default::default()
+                        }),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                name.clone(),
+                            )),
+                            timeout: Some(Default::default()),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            hcm(
+                &name,
+                http_connection_manager::RouteSpecifier::RouteConfig(rc),
+            )
+        } else {
+            tcp(&name, &name)
+        };
+        chains.push(FilterChain {
+            name,
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: *port }),
+                ..Default::default()
+            }),
+            filters: vec![filter],
+            ..Default::default()
+        });
+    }
+    Listener {
+        name: VIRTUAL_INBOUND_LISTENER.into(),
+        address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        transparent: tproxy.then_some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: listener_filters(),
+        filter_chains: chains,
+        default_filter_chain: Some(FilterChain {
+            name: BLACKHOLE_CLUSTER.into(),
+            filters: vec![tcp(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{proxy, snapshot};
+    use super::super::{LISTENER_TYPE, generate};
+    use super::*;
+    use prost::Message;
+
+    const YAML: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec: {hosts: [backend], ports: [{number: 80, name: http}, {number: 5432, name: tcp-db}]}
+";
+
+    #[tokio::test]
+    async fn captured_proxy_gets_outbound_chain_per_vip_port_and_inbound_per_workload_port() {
+        let snap = snapshot(YAML).await;
+        let mut p = proxy();
+        p.service_ports = vec![("http".into(), 9080)];
+        let cfg = generate(&snap, &p);
+        let out =
+            Listener::decode(cfg[LISTENER_TYPE]["virtualOutbound"].any.value.as_slice()).unwrap();
+        assert_eq!(out.filter_chains.len(), 2);
+        let vip = snap.services.values().next().unwrap().vip.to_string();
+        let m = out.filter_chains[0].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.prefix_ranges[0].address_prefix, vip);
+        assert_eq!(
+            out.filter_chains[1].filters[0].name,
+            "envoy.filters.network.tcp_proxy"
+        );
+        let inb =
+            Listener::decode(cfg[LISTENER_TYPE]["virtualInbound"].any.value.as_slice()).unwrap();
+        assert_eq!(inb.filter_chains[0].name, "inbound|9080||");
+    }
+
+    #[tokio::test]
+    async fn explicit_proxy_gets_one_loopback_listener() {
+        let snap = snapshot(YAML).await;
+        let mut p = proxy();
+        p.interception = Interception::None;
+        p.outbound_port = Some(18080);
+        let cfg = generate(&snap, &p);
+        assert_eq!(cfg[LISTENER_TYPE].len(), 1);
+        let l =
+            Listener::decode(cfg[LISTENER_TYPE][EXPLICIT_LISTENER].any.value.as_slice()).unwrap();
+        let addr = format!("{:?}", l.address);
+        assert!(
+            addr.contains("127.0.0.1") && addr.contains("18080"),
+            "{addr}"
+        );
+    }
+}
