@@ -23,11 +23,13 @@ pub mod policy;
 pub mod resource;
 pub mod security;
 pub mod spiffe;
+pub mod validate;
 
 pub use kind::{Kind, UnknownKind};
 pub use meta::{DEFAULT_NAMESPACE, Object, ObjectMeta};
 pub use parse::{
-    FieldError, ModelError, ProblemKind, parse_documents, parse_json_resource, parse_sourced,
+    FieldError, ModelError, ProblemKind, load_documents, parse_documents, parse_json_resource,
+    parse_sourced,
 };
 pub use resource::{Resource, SourcedResource};
 pub use spiffe::{SpiffeId, SpiffeIdError};

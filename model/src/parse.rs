@@ -148,6 +148,30 @@ pub fn parse_sourced(text: &str, source: &str) -> (Vec<SourcedResource>, Vec<Mod
     (resources, errors)
 }
 
+/// Parses and validates: the resources that parsed and passed validation,
+/// and a located error for each parse or validation problem (a resource with
+/// validation problems is left out of the first list).
+pub fn load_documents(text: &str, source: &str) -> (Vec<SourcedResource>, Vec<ModelError>) {
+    let (parsed, mut errors) = parse_sourced(text, source);
+    let mut valid = Vec::new();
+    for r in parsed {
+        let problems = r.resource.validate();
+        if problems.is_empty() {
+            valid.push(r);
+            continue;
+        }
+        for p in problems {
+            errors.push(ModelError {
+                source: r.source.clone(),
+                doc_index: Some(r.doc_index),
+                resource: Some(r.resource.display_name()),
+                problem: ProblemKind::Invalid(p),
+            });
+        }
+    }
+    (valid, errors)
+}
+
 /// The documents of `text` as JSON values, `kind: List` expanded.
 fn split_documents(text: &str) -> Result<Vec<Value>, ProblemKind> {
     let trimmed = text.trim_start();

@@ -57,6 +57,7 @@ pub struct RateLimitPolicySpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     /// Limit name, a DNS-1123 label unique within the policy.
+    #[serde(default)]
     pub name: String,
     /// Which requests count; all when absent.
     #[serde(rename = "match")]

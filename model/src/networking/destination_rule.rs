@@ -91,6 +91,7 @@ pub struct TunnelSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     /// Subset name, a DNS-1123 label.
+    #[serde(default)]
     pub name: String,
     /// Labels the endpoints must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
