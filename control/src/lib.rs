@@ -6,6 +6,7 @@ pub mod config;
 pub mod debug;
 pub mod documents;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod server;
@@ -14,6 +15,7 @@ pub mod state;
 pub mod store;
 pub mod translate;
 pub mod vip;
+pub mod xds;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing
 /// in `main`; a second call is harmless.

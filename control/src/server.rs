@@ -2,12 +2,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Workloads;
+use crate::snapshot::SnapshotBuilder;
 use crate::state::Shared;
 use crate::store::{ConfigStore, FilesStore, SqliteStore};
+use crate::vip::VipAllocator;
+use crate::xds::status::SyncStatus;
+use crate::xds::{AdsService, XdsState};
 
 /// Errors starting meshd.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,8 @@ pub enum StartError {
 pub struct Running {
     /// Where the HTTP API/debug server listens.
     pub http_addr: SocketAddr,
+    /// Where the xDS server listens.
+    pub xds_addr: SocketAddr,
     /// Shared handles (store, registry, ...).
     pub shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -48,35 +57,74 @@ impl Drop for Running {
     }
 }
 
+async fn bind(
+    addr: SocketAddr,
+    flag: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { addr, flag, source };
+    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let local = l.local_addr().map_err(err)?;
+    Ok((l, local))
+}
+
 /// Opens the stores, binds the listeners and spawns every task.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
+    // SQLite always opens: it holds the VIPs even when config comes from files.
+    let sqlite = SqliteStore::open(&config.data_dir()).await?;
+    let vips = VipAllocator::load(Some(sqlite.pool().clone())).await?;
     let store: Arc<dyn ConfigStore> = match &config.config_dir {
         Some(dir) => {
             let files = FilesStore::open(dir)?;
             tasks.push(files.spawn_poller());
             Arc::new(files)
         }
-        None => Arc::new(SqliteStore::open(&config.data_dir()).await?),
+        None => Arc::new(sqlite),
     };
     tracing::info!(store = %store.describe(), "config store open");
-    let shared = Arc::new(Shared { store });
-    let http = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.http_addr,
-            flag: "http-addr",
-            source,
-        })?;
-    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-        addr: config.http_addr,
-        flag: "http-addr",
-        source,
-    })?;
+    let workloads = Arc::new(Workloads::new(config.workload_grace));
+    let builder = SnapshotBuilder::new(store.clone(), workloads.clone(), vips);
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(SyncStatus::default());
+    builder.rebuild().await?;
+    tasks.push(tokio::spawn(builder.clone().run(config.debounce)));
+    let reaper = workloads.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            reaper.reap(std::time::Instant::now());
+        }
+    }));
+    let shared = Arc::new(Shared {
+        store,
+        builder: builder.clone(),
+        workloads: workloads.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+    });
+
+    let (xds, xds_addr) = bind(config.xds_addr, "xds-addr").await?;
+    let ads = AdsService::new(XdsState::new(builder, workloads, status, metrics));
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
+        let res = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.into_server())
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "xDS server stopped");
+        }
+    }));
+    tracing::info!(%xds_addr, "xDS (ADS) listening");
+
+    let (http, http_addr) = bind(config.http_addr, "http-addr").await?;
     tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
     tracing::info!(%http_addr, "management API and debug endpoints listening");
     Ok(Running {
         http_addr,
+        xds_addr,
         shared,
         tasks,
     })

@@ -62,7 +62,7 @@ impl VipAllocator {
             }
         }
         if let (Some(pool), false) = (&self.pool, fresh.is_empty()) {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             for (host, ip) in &fresh {
                 sqlx::query("INSERT OR REPLACE INTO vips (host, vip) VALUES (?, ?)")
                     .bind(host)

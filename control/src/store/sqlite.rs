@@ -106,7 +106,9 @@ impl SqliteStore {
     }
 
     async fn apply_impl(&self, objects: Vec<NewObject>) -> Result<Vec<WriteResult>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front, so a concurrent writer makes
+        // us wait (busy_timeout) instead of failing on lock upgrade.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut results = Vec::with_capacity(objects.len());
         let mut events = Vec::new();
         for new in objects {
@@ -181,7 +183,9 @@ impl SqliteStore {
     }
 
     async fn delete_impl(&self, keys: Vec<ResourceKey>) -> Result<Vec<WriteResult>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front, so a concurrent writer makes
+        // us wait (busy_timeout) instead of failing on lock upgrade.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut results = Vec::with_capacity(keys.len());
         let mut events = Vec::new();
         for key in keys {

@@ -1,0 +1,160 @@
+//! The xDS server: Envoy's `AggregatedDiscoveryService`, state-of-the-world
+//! ([`sotw`]) and incremental ([`delta`]), over tonic. Each stream is its own
+//! task: a slow, silent or vanished client only stalls itself.
+
+pub mod delta;
+pub mod sotw;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::node::ProxyNode;
+use crate::registry::Workloads;
+use crate::snapshot::SnapshotBuilder;
+use status::SyncStatus;
+
+/// How many responses may wait for a slow client before its stream task
+/// blocks (only that task).
+const STREAM_BUFFER: usize = 8;
+
+/// What every stream shares.
+#[derive(Debug)]
+pub struct XdsState {
+    /// Source of snapshots.
+    pub builder: Arc<SnapshotBuilder>,
+    /// Auto-registered workloads.
+    pub workloads: Arc<Workloads>,
+    /// Sync status for `/debug/syncz`.
+    pub status: Arc<SyncStatus>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    next_conn: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+impl XdsState {
+    /// Shared state for the streams.
+    pub fn new(
+        builder: Arc<SnapshotBuilder>,
+        workloads: Arc<Workloads>,
+        status: Arc<SyncStatus>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            builder,
+            workloads,
+            status,
+            metrics,
+            next_conn: AtomicU64::new(1),
+            next_nonce: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh nonce.
+    pub fn nonce(&self) -> String {
+        self.next_nonce.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+
+    /// Registers a stream; the guard unregisters it when dropped.
+    pub fn open(self: &Arc<Self>, proxy: &ProxyNode, protocol: &'static str) -> ConnGuard {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.workloads.connected(proxy);
+        self.status.connected(conn, proxy, protocol);
+        self.metrics.connected.inc();
+        tracing::info!(conn, node = %proxy.id, protocol, "xDS stream opened");
+        ConnGuard {
+            state: self.clone(),
+            conn,
+            node_id: proxy.id.clone(),
+        }
+    }
+}
+
+/// Unregisters a stream on drop (however the stream task ends).
+#[derive(Debug)]
+pub struct ConnGuard {
+    state: Arc<XdsState>,
+    /// The connection id.
+    pub conn: u64,
+    node_id: String,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.workloads.disconnected(&self.node_id);
+        self.state.status.disconnected(self.conn);
+        self.state.metrics.connected.dec();
+        tracing::info!(conn = self.conn, node = %self.node_id, "xDS stream closed");
+    }
+}
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    state: Arc<XdsState>,
+}
+
+impl AdsService {
+    /// A service over `state`.
+    pub fn new(state: Arc<XdsState>) -> Self {
+        Self { state }
+    }
+
+    /// The tonic server wrapper, with generous message limits (a large
+    /// mesh's CDS can exceed tonic's 4 MiB default).
+    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(sotw::run(self.state.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(delta::run(self.state.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Whether meshd serves this type URL.
+pub fn known_type(type_url: &str) -> Option<&'static str> {
+    crate::translate::PUSH_ORDER
+        .iter()
+        .copied()
+        .find(|t| *t == type_url)
+}
+
+/// Whether a type is subscribed by wildcard when the client names nothing
+/// (LDS and CDS; EDS and RDS name their resources).
+pub fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == crate::translate::LISTENER_TYPE || type_url == crate::translate::CLUSTER_TYPE
+}

@@ -1,0 +1,207 @@
+//! State-of-the-world ADS: every response carries the whole set of a type
+//! (for LDS/CDS) or of the names asked for (EDS/RDS). Versions are content
+//! hashes, so a reconnecting proxy that already has the current version is
+//! not sent it again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_proto::envoy::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::{XdsState, known_type, wildcard_by_default};
+use crate::node::ProxyNode;
+use crate::translate::{self, Generated, PUSH_ORDER, ProxyConfig, short_type};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    subscribed: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    sent_version: Option<String>,
+    sent_nonce: Option<String>,
+}
+
+struct Conn {
+    state: Arc<XdsState>,
+    conn: u64,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    types: HashMap<&'static str, TypeState>,
+    snapshot_version: u64,
+}
+
+/// Serves one SotW stream until the client leaves.
+pub async fn run(
+    state: Arc<XdsState>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "xDS stream failed before its first request");
+            return;
+        }
+    };
+    let Some(node) = first.node.as_ref() else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "the first DiscoveryRequest of a stream must carry `node`",
+            )))
+            .await;
+        return;
+    };
+    let proxy = ProxyNode::from_node(node);
+    let guard = state.open(&proxy, "sotw");
+    let mut snapshots = state.builder.subscribe();
+    let snapshot = snapshots.borrow_and_update().clone();
+    let mut config = translate::generate(&snapshot, &proxy);
+    let mut c = Conn {
+        state: state.clone(),
+        conn: guard.conn,
+        tx,
+        types: HashMap::new(),
+        snapshot_version: snapshot.version,
+    };
+    let mut pending = Some(first);
+    loop {
+        let req = match pending.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                r = requests.message() => match r {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(conn = c.conn, error = %e, "xDS stream ended");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    c.snapshot_version = snapshot.version;
+                    config = translate::generate(&snapshot, &proxy);
+                    if c.push_all(&config).await.is_err() {
+                        break;
+                    }
+                    state.metrics.push_time.observe(started.elapsed().as_secs_f64());
+                    continue;
+                }
+            },
+        };
+        if c.handle(req, &config).await.is_err() {
+            break;
+        }
+    }
+    drop(guard);
+}
+
+impl Conn {
+    async fn push_all(&mut self, config: &ProxyConfig) -> Result<(), ()> {
+        for ty in PUSH_ORDER {
+            if self.types.get(ty).is_some_and(|t| t.subscribed) {
+                self.send(config, ty, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, req: DiscoveryRequest, config: &ProxyConfig) -> Result<(), ()> {
+        let Some(ty) = known_type(&req.type_url) else {
+            tracing::warn!(conn = self.conn, type_url = %req.type_url, "request for a type meshd does not serve; ignored");
+            return Ok(());
+        };
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let t = self.types.entry(ty).or_default();
+        if !req.response_nonce.is_empty() {
+            if t.sent_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+                // A reply to an older response: the newer one is in flight.
+                return Ok(());
+            }
+            if let Some(err) = &req.error_detail {
+                let version = t.sent_version.clone().unwrap_or_default();
+                tracing::warn!(conn = self.conn, r#type = short_type(ty), %version, error = %err.message, "proxy rejected config (NACK); it keeps its last good config");
+                self.state
+                    .status
+                    .nacked(self.conn, ty, &version, &err.message);
+                self.state.metrics.rejected(short_type(ty));
+                t.names = names;
+                return Ok(());
+            }
+            self.state.status.acked(self.conn, ty, &req.version_info);
+            let changed = !t.wildcard && t.names != names;
+            t.names = names;
+            if changed {
+                return self.send(config, ty, false).await;
+            }
+            return Ok(());
+        }
+        // A new subscription (or a reconnect that states what it has).
+        t.subscribed = true;
+        t.wildcard = (names.is_empty() && wildcard_by_default(ty)) || names.contains("*");
+        t.names = names;
+        if !req.version_info.is_empty() {
+            let current = translate::set_version(&select(config, ty, t));
+            if current == req.version_info {
+                t.sent_version = Some(current.clone());
+                self.state.status.acked(self.conn, ty, &current);
+                return Ok(());
+            }
+        }
+        self.send(config, ty, true).await
+    }
+
+    async fn send(
+        &mut self,
+        config: &ProxyConfig,
+        ty: &'static str,
+        force: bool,
+    ) -> Result<(), ()> {
+        let t = self.types.entry(ty).or_default();
+        let resources = select(config, ty, t);
+        let version = translate::set_version(&resources);
+        if !force && t.sent_version.as_deref() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let nonce = self.state.nonce();
+        t.sent_version = Some(version.clone());
+        t.sent_nonce = Some(nonce.clone());
+        let count = resources.len();
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources.into_values().map(|g| g.any).collect(),
+            type_url: ty.to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        self.state.status.sent(
+            self.conn,
+            ty,
+            &version,
+            &nonce,
+            count,
+            self.snapshot_version,
+        );
+        self.state.metrics.pushed(short_type(ty));
+        self.tx.send(Ok(resp)).await.map_err(|_| ())
+    }
+}
+
+fn select(config: &ProxyConfig, ty: &str, t: &TypeState) -> BTreeMap<String, Generated> {
+    let Some(all) = config.get(ty) else {
+        return BTreeMap::new();
+    };
+    if t.wildcard {
+        return all.clone();
+    }
+    t.names
+        .iter()
+        .filter_map(|n| all.get(n).map(|g| (n.clone(), g.clone())))
+        .collect()
+}

@@ -1,0 +1,337 @@
+//! The ADS server over real gRPC, driven by a fake Envoy client.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::call;
+use mesh_control::config::Config;
+use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
+use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+};
+use mesh_proto::envoy::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+const CONFIG: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {app: backend}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: backend-1}
+spec: {address: 127.0.0.1, labels: {app: backend}, ports: {http: 9001}}
+";
+
+async fn start() -> (tempfile::TempDir, mesh_control::server::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse_from([
+        "meshd",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--debounce",
+        "10ms",
+    ]);
+    let running = mesh_control::server::start(&config).await.unwrap();
+    let (status, body) = call(running.http_addr, "POST", "/apis/v1/apply", CONFIG).await;
+    assert_eq!(status, 200, "{body}");
+    wait_services(running.http_addr, 1).await;
+    (dir, running)
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.into(),
+        cluster: "test".into(),
+        ..Default::default()
+    })
+}
+
+struct Client {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let resp = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        Self {
+            tx,
+            rx: resp.into_inner(),
+        }
+    }
+
+    async fn send(&self, req: DiscoveryRequest) {
+        self.tx.send(req).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("response in time")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+async fn wait_services(addr: std::net::SocketAddr, n: usize) {
+    for _ in 0..200 {
+        let r = call(addr, "GET", "/debug/registryz", "").await.1;
+        if r["services"].as_object().map(|m| m.len()).unwrap_or(0) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = call(addr, "GET", "/debug/registryz", "").await.1;
+    panic!(
+        "services never appeared: {:?} {}",
+        r["services"].as_object().map(|m| m.len()),
+        r["snapshot_version"]
+    );
+}
+
+async fn syncz(addr: std::net::SocketAddr) -> serde_json::Value {
+    call(addr, "GET", "/debug/syncz", "").await.1
+}
+
+async fn wait_for<F: Fn(&serde_json::Value) -> bool>(
+    addr: std::net::SocketAddr,
+    f: F,
+) -> serde_json::Value {
+    for _ in 0..200 {
+        let s = syncz(addr).await;
+        if f(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "syncz never reached the expected state: {}",
+        syncz(addr).await
+    );
+}
+
+#[tokio::test]
+async fn ack_marks_synced_and_nack_keeps_the_error_message() {
+    let (_dir, meshd) = start().await;
+    let mut c = Client::connect(meshd.xds_addr).await;
+    c.send(DiscoveryRequest {
+        node: node("sidecar~127.0.0.1~a.default~default.svc.cluster.local"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await;
+    let r = c.recv().await;
+    assert!(r.resources.len() >= 3, "backend + passthrough + blackhole");
+    c.send(DiscoveryRequest {
+        type_url: CDS.into(),
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    let s = wait_for(meshd.http_addr, |s| {
+        s["proxies"][0]["states"]["CDS"] == "SYNCED"
+    })
+    .await;
+    assert_eq!(s["proxies"][0]["name"], "a.default");
+
+    // EDS for the named cluster.
+    let cluster = "outbound|80||backend.default.svc.cluster.local";
+    c.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: vec![cluster.into()],
+        ..Default::default()
+    })
+    .await;
+    let e = c.recv().await;
+    assert_eq!(e.resources.len(), 1);
+    c.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: vec![cluster.into()],
+        response_nonce: e.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "bad endpoint".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let s = wait_for(meshd.http_addr, |s| {
+        s["proxies"][0]["states"]["EDS"] == "ERROR"
+    })
+    .await;
+    assert_eq!(
+        s["proxies"][0]["types"]["EDS"]["nack_message"],
+        "bad endpoint"
+    );
+    let m = call(meshd.http_addr, "GET", "/metrics", "").await.1;
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("pilot_total_xds_rejects_total{type=\"eds\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn config_change_is_pushed_and_unknown_types_are_ignored() {
+    let (_dir, meshd) = start().await;
+    let mut c = Client::connect(meshd.xds_addr).await;
+    c.send(DiscoveryRequest {
+        node: node("n1"),
+        type_url: "type.googleapis.com/envoy.unknown.v3.Thing".into(),
+        ..Default::default()
+    })
+    .await;
+    c.send(DiscoveryRequest {
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await;
+    let first = c.recv().await;
+    assert_eq!(first.type_url, CDS);
+    let more = CONFIG.replace("backend", "other");
+    call(meshd.http_addr, "POST", "/apis/v1/apply", &more).await;
+    let pushed = c.recv().await;
+    assert!(pushed.resources.len() > first.resources.len());
+    assert_ne!(pushed.version_info, first.version_info);
+}
+
+#[tokio::test]
+async fn bad_clients_do_not_disturb_others() {
+    let (_dir, meshd) = start().await;
+    // No node on the first request: that stream is refused.
+    let mut bad = Client::connect(meshd.xds_addr).await;
+    bad.send(DiscoveryRequest {
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await;
+    let err = tokio::time::timeout(Duration::from_secs(5), bad.rx.message())
+        .await
+        .unwrap();
+    assert!(err.is_err(), "stream without node must fail");
+    // A client that never reads nor ACKs, and one that vanishes mid-push.
+    let silent = Client::connect(meshd.xds_addr).await;
+    silent
+        .send(DiscoveryRequest {
+            node: node("silent"),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let vanishing = Client::connect(meshd.xds_addr).await;
+    vanishing
+        .send(DiscoveryRequest {
+            node: node("vanishing"),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    drop(vanishing);
+    let mut good = Client::connect(meshd.xds_addr).await;
+    good.send(DiscoveryRequest {
+        node: node("good"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await;
+    let mut last = good.recv().await;
+    for i in 0..30 {
+        let more = CONFIG.replace("backend", &format!("svc{i}"));
+        let (st, b) = call(meshd.http_addr, "POST", "/apis/v1/apply", &more).await;
+        assert_eq!(st, 200, "{b}");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    wait_services(meshd.http_addr, 31).await;
+    // The good client keeps receiving pushes until it has all 31 services.
+    loop {
+        eprintln!("good client has {} clusters", last.resources.len());
+        if last.resources.len() >= 31 + 2 {
+            break;
+        }
+        good.send(DiscoveryRequest {
+            type_url: CDS.into(),
+            version_info: last.version_info.clone(),
+            response_nonce: last.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+        last = good.recv().await;
+    }
+    drop(silent);
+}
+
+#[tokio::test]
+async fn delta_reconnect_with_known_versions_resends_nothing() {
+    let (_dir, meshd) = start().await;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
+            .await
+            .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node("delta"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.resources.len() >= 3);
+    let known = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(tx);
+    drop(stream);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node("delta"),
+        type_url: CDS.into(),
+        initial_resource_versions: known,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let resumed = stream.message().await.unwrap().unwrap();
+    assert!(
+        resumed.resources.is_empty(),
+        "nothing changed, nothing resent"
+    );
+    assert!(resumed.removed_resources.is_empty());
+}
