@@ -11,6 +11,7 @@
 //! This crate imports no other crate of the workspace: every binary (meshd,
 //! the proxy, the gateways, meshctl) builds on it, so it must stay a leaf.
 
+pub mod analysis;
 pub mod common;
 pub mod duration;
 pub mod host;
@@ -31,5 +32,5 @@ pub use parse::{
     FieldError, ModelError, ProblemKind, load_documents, parse_documents, parse_json_resource,
     parse_sourced,
 };
-pub use resource::{Resource, SourcedResource};
+pub use resource::{Resource, SourcedResource, ToYamlError, to_yaml};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -155,3 +155,14 @@ impl SourcedResource {
         format!("{}#{}", self.source, self.doc_index)
     }
 }
+
+/// Why resources could not be written as YAML.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write YAML: {0}")]
+pub struct ToYamlError(#[source] serde_saphyr::ser::Error);
+
+/// Writes resources as a YAML stream (`---` between documents), in the shape
+/// users write.
+pub fn to_yaml(resources: &[Resource]) -> Result<String, ToYamlError> {
+    serde_saphyr::to_string_multiple(resources).map_err(ToYamlError)
+}
