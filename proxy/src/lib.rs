@@ -1,4 +1,9 @@
-//! Library of the `proxy/` crate; the binary in `src/main.rs` only parses flags.
+//! mesh-proxy: the mesh's sidecar data plane. It consumes standard Envoy xDS
+//! resources ([`xds`]), converts them at the edge into its own immutable
+//! config ([`config`]) and serves traffic from the latest accepted snapshot.
+//! The binary in `src/main.rs` only parses flags.
+
+pub mod config;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing
 /// in `main`; a second call is harmless.

@@ -1,0 +1,628 @@
+//! Clusters (CDS): discovery type, load-balancing policy, timeouts,
+//! circuit breakers, outlier detection, HTTP protocol options and TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
+use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
+use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
+use serde::Serialize;
+
+use super::check::{decode_any, duration, opt_duration, reject_set};
+use super::endpoint::{LoadAssignment, inline_assignment};
+use super::tls::{self, UpstreamTls};
+use super::{ConfigError, Ctx};
+
+/// Key of the upstream HTTP options in `typed_extension_protocol_options`.
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Envoy's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a cluster finds its endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub enum Discovery {
+    /// From EDS, under this service name (the cluster name unless
+    /// `eds_cluster_config.service_name` says otherwise).
+    Eds {
+        /// Name of the `ClusterLoadAssignment` to use.
+        service_name: String,
+    },
+    /// Fixed endpoints from the cluster's `load_assignment`.
+    Static(Arc<LoadAssignment>),
+    /// The connection's original destination (PassthroughCluster).
+    OriginalDst,
+}
+
+/// Load-balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Least request, power of two choices.
+    LeastRequest,
+    /// Uniform random.
+    Random,
+    /// Consistent hashing. The proxy accepts no route `hash_policy` yet, and
+    /// Envoy hashes randomly without one, so this picks like `Random`.
+    RingHash,
+    /// Maglev; same caveat as `RingHash`.
+    Maglev,
+    /// The cluster picks (ORIGINAL_DST clusters: the original destination).
+    ClusterProvided,
+}
+
+/// Circuit breaker thresholds (default priority).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CircuitBreaker {
+    /// Maximum connections to the cluster.
+    pub max_connections: Option<u32>,
+    /// Maximum requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// Maximum concurrent requests.
+    pub max_requests: Option<u32>,
+    /// Maximum concurrent retries.
+    pub max_retries: Option<u32>,
+}
+
+/// Outlier detection settings (consecutive errors ejection).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx before ejection.
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive gateway errors (502/503/504) before ejection.
+    pub consecutive_gateway_failure: Option<u32>,
+    /// Percent chance a 5xx streak ejects.
+    pub enforcing_consecutive_5xx: Option<u32>,
+    /// Percent chance a gateway error streak ejects.
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    /// How often ejections are evaluated.
+    pub interval: Option<Duration>,
+    /// Base ejection time.
+    pub base_ejection_time: Option<Duration>,
+    /// Upper bound on ejected hosts, in percent.
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Which HTTP version the proxy speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 (`explicit_http_config.http2_protocol_options`).
+    Http2,
+    /// Whatever the downstream request used.
+    Downstream,
+}
+
+/// Upstream HTTP connection options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpOptions {
+    /// Idle time before a pooled connection closes.
+    pub idle_timeout: Option<Duration>,
+    /// Requests per connection before it is retired.
+    pub max_requests_per_connection: Option<u32>,
+    /// Protocol toward the upstream.
+    pub protocol: UpstreamProtocol,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: None,
+            max_requests_per_connection: None,
+            protocol: UpstreamProtocol::Http1,
+        }
+    }
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// Istio-style name, e.g. `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub name: String,
+    /// Where endpoints come from.
+    pub discovery: Discovery,
+    /// How an endpoint is picked.
+    pub lb_policy: LbPolicy,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Circuit breaker thresholds, if any.
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Outlier detection, if any.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream HTTP options.
+    pub http: HttpOptions,
+    /// Mutual TLS origination, if any.
+    pub tls: Option<UpstreamTls>,
+}
+
+impl TryFrom<xcl::Cluster> for Cluster {
+    type Error = ConfigError;
+
+    fn try_from(c: xcl::Cluster) -> Result<Self, ConfigError> {
+        let ctx = Ctx::new("Cluster", &c.name);
+        let xcl::Cluster {
+            transport_socket_matches,
+            transport_socket_matcher,
+            name,
+            alt_stat_name,
+            stats_matcher,
+            eds_cluster_config,
+            connect_timeout,
+            per_connection_buffer_limit_bytes,
+            per_connection_buffer_high_watermark_timeout,
+            lb_policy,
+            load_assignment,
+            health_checks,
+            max_requests_per_connection,
+            circuit_breakers,
+            upstream_http_protocol_options,
+            common_http_protocol_options,
+            http_protocol_options,
+            http2_protocol_options,
+            mut typed_extension_protocol_options,
+            dns_refresh_rate,
+            dns_jitter,
+            dns_failure_refresh_rate,
+            respect_dns_ttl,
+            dns_lookup_family,
+            dns_resolvers,
+            use_tcp_for_dns_lookups,
+            dns_resolution_config,
+            typed_dns_resolver_config,
+            wait_for_warm_on_init,
+            outlier_detection,
+            cleanup_interval,
+            upstream_bind_config,
+            lb_subset_config,
+            common_lb_config,
+            transport_socket,
+            metadata: _informational,
+            protocol_selection,
+            upstream_connection_options,
+            close_connections_on_host_health_failure,
+            ignore_health_on_host_removal,
+            filters,
+            load_balancing_policy,
+            lrs_server,
+            lrs_report_endpoint_metrics,
+            track_timeout_budgets,
+            upstream_config,
+            track_cluster_stats,
+            preconnect_policy,
+            connection_pool_per_downstream_connection,
+            queuing_policies,
+            cluster_discovery_type,
+            lb_config,
+        } = c;
+        reject_set!(ctx; transport_socket_matches, transport_socket_matcher, alt_stat_name, stats_matcher,
+            per_connection_buffer_limit_bytes, per_connection_buffer_high_watermark_timeout, health_checks,
+            max_requests_per_connection, upstream_http_protocol_options, common_http_protocol_options,
+            http_protocol_options, http2_protocol_options, dns_refresh_rate, dns_jitter, dns_failure_refresh_rate,
+            respect_dns_ttl, dns_lookup_family, dns_resolvers, use_tcp_for_dns_lookups, dns_resolution_config,
+            typed_dns_resolver_config, wait_for_warm_on_init, cleanup_interval, upstream_bind_config,
+            lb_subset_config, common_lb_config, protocol_selection, upstream_connection_options,
+            close_connections_on_host_health_failure, ignore_health_on_host_removal, filters,
+            load_balancing_policy, lrs_server, lrs_report_endpoint_metrics, track_timeout_budgets,
+            upstream_config, track_cluster_stats, preconnect_policy, connection_pool_per_downstream_connection,
+            queuing_policies, lb_config);
+
+        use xcl::cluster::DiscoveryType as D;
+        let kind = match cluster_discovery_type {
+            Some(xcl::cluster::ClusterDiscoveryType::Type(t)) => {
+                D::try_from(t).map_err(|_| ctx.invalid("type", format!("unknown value {t}")))?
+            }
+            Some(xcl::cluster::ClusterDiscoveryType::ClusterType(_)) => {
+                return Err(ctx.unsupported("cluster_type"));
+            }
+            None => D::Static,
+        };
+        let discovery = match kind {
+            D::Eds => {
+                reject_set!(ctx; load_assignment);
+                let cfg = eds_cluster_config.ok_or_else(|| ctx.missing("eds_cluster_config"))?;
+                let ectx = ctx.at("eds_cluster_config");
+                let xcl::cluster::EdsClusterConfig {
+                    eds_config,
+                    service_name,
+                } = cfg;
+                ads_source(&ectx.at("eds_config"), eds_config)?;
+                Discovery::Eds {
+                    service_name: if service_name.is_empty() {
+                        name.clone()
+                    } else {
+                        service_name
+                    },
+                }
+            }
+            D::Static => {
+                reject_set!(ctx; eds_cluster_config);
+                let la = load_assignment.unwrap_or_else(|| xcl_empty_assignment(&name));
+                Discovery::Static(inline_assignment(&ctx.at("load_assignment"), la)?)
+            }
+            D::OriginalDst => {
+                reject_set!(ctx; eds_cluster_config, load_assignment);
+                Discovery::OriginalDst
+            }
+            D::StrictDns | D::LogicalDns => {
+                return Err(ctx.invalid("type", format!("{} is not supported", kind.as_str_name())));
+            }
+        };
+
+        use xcl::cluster::LbPolicy as L;
+        let lb_policy = match L::try_from(lb_policy) {
+            Ok(L::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(L::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(L::Random) => LbPolicy::Random,
+            Ok(L::RingHash) => LbPolicy::RingHash,
+            Ok(L::Maglev) => LbPolicy::Maglev,
+            Ok(L::ClusterProvided) if matches!(discovery, Discovery::OriginalDst) => {
+                LbPolicy::ClusterProvided
+            }
+            Ok(other) => {
+                return Err(ctx.invalid(
+                    "lb_policy",
+                    format!("{} is not supported", other.as_str_name()),
+                ));
+            }
+            Err(_) => return Err(ctx.invalid("lb_policy", format!("unknown value {lb_policy}"))),
+        };
+
+        let connect_timeout = match connect_timeout {
+            Some(d) => duration(&ctx, "connect_timeout", &d)?,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        let circuit_breaker = circuit_breakers
+            .map(|cb| circuit_breaker(&ctx.at("circuit_breakers"), cb))
+            .transpose()?;
+        let outlier_detection = outlier_detection
+            .map(|od| outlier(&ctx.at("outlier_detection"), od))
+            .transpose()?;
+        let http = match typed_extension_protocol_options.remove(HTTP_OPTIONS) {
+            Some(any) => {
+                let ctx = ctx.key("typed_extension_protocol_options", HTTP_OPTIONS);
+                http_options(&ctx, decode_any(&ctx, "typed_config", &any)?)?
+            }
+            None => HttpOptions::default(),
+        };
+        if let Some(key) = typed_extension_protocol_options.keys().next() {
+            return Err(ctx.unsupported(&format!("typed_extension_protocol_options[\"{key}\"]")));
+        }
+        let tls = transport_socket
+            .map(|ts| tls::upstream(&ctx.at("transport_socket"), ts))
+            .transpose()?;
+        Ok(Cluster {
+            name,
+            discovery,
+            lb_policy,
+            connect_timeout,
+            circuit_breaker,
+            outlier_detection,
+            http,
+            tls,
+        })
+    }
+}
+
+fn xcl_empty_assignment(
+    name: &str,
+) -> mesh_proto::envoy::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    mesh_proto::envoy::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Accepts only `{ ads: {} }`: the proxy has one xDS stream.
+pub(crate) fn ads_source(ctx: &Ctx, src: Option<xc::ConfigSource>) -> Result<(), ConfigError> {
+    let src = src.ok_or_else(|| ctx.missing("ads"))?;
+    let xc::ConfigSource {
+        authorities,
+        initial_fetch_timeout,
+        resource_api_version,
+        config_source_specifier,
+    } = src;
+    // resource_api_version V3 (2) is the only version there is; AUTO (0) means the same.
+    reject_set!(ctx; authorities, initial_fetch_timeout);
+    if resource_api_version != 0 && resource_api_version != xc::ApiVersion::V3 as i32 {
+        return Err(ctx.invalid("resource_api_version", "only V3 is supported"));
+    }
+    match config_source_specifier {
+        Some(xc::config_source::ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        Some(_) => Err(ctx.invalid("config_source_specifier", "only ads is supported")),
+        None => Err(ctx.missing("ads")),
+    }
+}
+
+fn circuit_breaker(ctx: &Ctx, cb: xcl::CircuitBreakers) -> Result<CircuitBreaker, ConfigError> {
+    let xcl::CircuitBreakers {
+        thresholds,
+        per_host_thresholds,
+    } = cb;
+    reject_set!(ctx; per_host_thresholds);
+    if thresholds.len() > 1 {
+        return Err(ctx.invalid(
+            "thresholds",
+            "only one (DEFAULT priority) entry is supported",
+        ));
+    }
+    let Some(t) = thresholds.into_iter().next() else {
+        return Ok(CircuitBreaker::default());
+    };
+    let ctx = ctx.idx("thresholds", 0);
+    let xcl::circuit_breakers::Thresholds {
+        priority,
+        max_connections,
+        max_pending_requests,
+        max_requests,
+        max_retries,
+        retry_budget,
+        track_remaining,
+        max_connection_pools,
+    } = t;
+    reject_set!(ctx; priority, retry_budget, track_remaining, max_connection_pools);
+    Ok(CircuitBreaker {
+        max_connections: max_connections.map(|v| v.value),
+        max_pending_requests: max_pending_requests.map(|v| v.value),
+        max_requests: max_requests.map(|v| v.value),
+        max_retries: max_retries.map(|v| v.value),
+    })
+}
+
+fn outlier(ctx: &Ctx, od: xcl::OutlierDetection) -> Result<OutlierDetection, ConfigError> {
+    let xcl::OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        success_rate_minimum_hosts,
+        success_rate_request_volume,
+        success_rate_stdev_factor,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts,
+        failure_percentage_request_volume,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    } = od;
+    // Istio sets enforcing_success_rate to 0 to turn success-rate ejection
+    // off, which is also what the proxy does; any other value is refused.
+    if enforcing_success_rate.is_some_and(|v| v.value != 0) {
+        return Err(ctx.unsupported("enforcing_success_rate"));
+    }
+    reject_set!(ctx; success_rate_minimum_hosts, success_rate_request_volume, success_rate_stdev_factor,
+        split_external_local_origin_errors, consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure, enforcing_local_origin_success_rate,
+        failure_percentage_threshold, enforcing_failure_percentage, enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts, failure_percentage_request_volume, max_ejection_time,
+        max_ejection_time_jitter, successful_active_health_check_uneject_host, monitors,
+        always_eject_one_host, detect_degraded_hosts);
+    Ok(OutlierDetection {
+        consecutive_5xx: consecutive_5xx.map(|v| v.value),
+        consecutive_gateway_failure: consecutive_gateway_failure.map(|v| v.value),
+        enforcing_consecutive_5xx: enforcing_consecutive_5xx.map(|v| v.value),
+        enforcing_consecutive_gateway_failure: enforcing_consecutive_gateway_failure
+            .map(|v| v.value),
+        interval: opt_duration(ctx, "interval", interval.as_ref())?,
+        base_ejection_time: opt_duration(ctx, "base_ejection_time", base_ejection_time.as_ref())?,
+        max_ejection_percent: max_ejection_percent.map(|v| v.value),
+    })
+}
+
+fn http_options(ctx: &Ctx, o: xh::HttpProtocolOptions) -> Result<HttpOptions, ConfigError> {
+    use xh::http_protocol_options::UpstreamProtocolOptions as U;
+    use xh::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+    let xh::HttpProtocolOptions {
+        common_http_protocol_options,
+        upstream_http_protocol_options,
+        http_filters,
+        header_validation_config,
+        outlier_detection,
+        request_mirror_policies,
+        hash_policy,
+        retry_policy,
+        upstream_protocol_options,
+    } = o;
+    reject_set!(ctx; upstream_http_protocol_options, http_filters, header_validation_config, outlier_detection,
+        request_mirror_policies, hash_policy, retry_policy);
+    let mut out = HttpOptions::default();
+    if let Some(common) = common_http_protocol_options {
+        let ctx = ctx.at("common_http_protocol_options");
+        let xc::HttpProtocolOptions {
+            idle_timeout,
+            max_connection_duration,
+            max_connection_duration_jitter,
+            max_headers_count,
+            max_response_headers_kb,
+            max_stream_duration,
+            headers_with_underscores_action,
+            max_requests_per_connection,
+        } = common;
+        reject_set!(ctx; max_connection_duration, max_connection_duration_jitter, max_headers_count,
+            max_response_headers_kb, max_stream_duration, headers_with_underscores_action);
+        out.idle_timeout = opt_duration(&ctx, "idle_timeout", idle_timeout.as_ref())?;
+        out.max_requests_per_connection = max_requests_per_connection.map(|v| v.value);
+    }
+    out.protocol = match upstream_protocol_options {
+        None => UpstreamProtocol::Http1,
+        Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+        Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+            Some(P::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+            Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(P::Http3ProtocolOptions(_)) => {
+                return Err(ctx.unsupported("explicit_http_config.http3_protocol_options"));
+            }
+            None => UpstreamProtocol::Http1,
+        },
+        Some(U::AutoConfig(_)) => return Err(ctx.unsupported("auto_config")),
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use mesh_proto::envoy::pb::google::protobuf as wkt;
+    use prost::Message;
+
+    pub(crate) fn eds_cluster(name: &str) -> xcl::Cluster {
+        xcl::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(xcl::cluster::ClusterDiscoveryType::Type(
+                xcl::cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(xcl::cluster::EdsClusterConfig {
+                eds_config: Some(xc::ConfigSource {
+                    config_source_specifier: Some(xc::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    )),
+                    ..Default::default()
+                }),
+                service_name: String::new(),
+            }),
+            connect_timeout: Some(wkt::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn static_cluster(name: &str, addr: &str, port: u32) -> xcl::Cluster {
+        xcl::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(xcl::cluster::ClusterDiscoveryType::Type(
+                xcl::cluster::DiscoveryType::Static as i32,
+            )),
+            load_assignment: Some(crate::config::endpoint::tests::cla(
+                name,
+                &[(addr, port, 0, None)],
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn eds_cluster_with_options_converts() {
+        let mut c = eds_cluster("outbound|9080||reviews.default.svc.cluster.local");
+        c.lb_policy = xcl::cluster::LbPolicy::LeastRequest as i32;
+        c.circuit_breakers = Some(xcl::CircuitBreakers {
+            thresholds: vec![xcl::circuit_breakers::Thresholds {
+                max_connections: Some(wkt::UInt32Value { value: 100 }),
+                ..Default::default()
+            }],
+            per_host_thresholds: vec![],
+        });
+        let opts = xh::HttpProtocolOptions {
+            common_http_protocol_options: Some(xc::HttpProtocolOptions {
+                idle_timeout: Some(wkt::Duration { seconds: 30, nanos: 0 }),
+                ..Default::default()
+            }),
+            upstream_protocol_options: Some(xh::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                xh::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(xh::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options.insert(
+            HTTP_OPTIONS.into(),
+            wkt::Any {
+                type_url: <xh::HttpProtocolOptions as prost::Name>::type_url(),
+                value: opts.encode_to_vec(),
+            },
+        );
+        c.transport_socket = Some(crate::config::tls::tests::istio_upstream(
+            "sni",
+            "spiffe://cluster.local/ns/default/sa/r",
+        ));
+        let c = Cluster::try_from(c).unwrap();
+        assert!(matches!(&c.discovery, Discovery::Eds { service_name } if service_name == &c.name));
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest);
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.circuit_breaker.unwrap().max_connections, Some(100));
+        assert_eq!(c.http.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.http.protocol, UpstreamProtocol::Http2);
+        assert_eq!(c.tls.unwrap().sni, "sni");
+    }
+
+    #[test]
+    fn lb_subset_config_is_rejected_by_name() {
+        let mut c = eds_cluster("outbound|9080||x");
+        c.lb_subset_config = Some(Default::default());
+        let err = Cluster::try_from(c).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cluster outbound|9080||x: unsupported field lb_subset_config"
+        );
+    }
+
+    #[test]
+    fn unknown_protocol_options_key_is_rejected_by_name() {
+        let mut c = eds_cluster("x");
+        c.typed_extension_protocol_options
+            .insert("envoy.other".into(), Default::default());
+        let err = Cluster::try_from(c).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cluster x: unsupported field typed_extension_protocol_options[\"envoy.other\"]"
+        );
+    }
+
+    #[test]
+    fn strict_dns_cluster_is_rejected() {
+        let mut c = static_cluster("dns", "127.0.0.1", 80);
+        c.cluster_discovery_type = Some(xcl::cluster::ClusterDiscoveryType::Type(
+            xcl::cluster::DiscoveryType::StrictDns as i32,
+        ));
+        let err = Cluster::try_from(c).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cluster dns: invalid type: STRICT_DNS is not supported"
+        );
+    }
+
+    #[test]
+    fn static_and_original_dst_clusters_convert() {
+        let c = Cluster::try_from(static_cluster("inbound|9080||", "127.0.0.1", 9080)).unwrap();
+        let Discovery::Static(la) = &c.discovery else {
+            panic!("static expected")
+        };
+        assert_eq!(la.endpoints[0].address, "127.0.0.1:9080".parse().unwrap());
+        let pt = xcl::Cluster {
+            name: "PassthroughCluster".into(),
+            cluster_discovery_type: Some(xcl::cluster::ClusterDiscoveryType::Type(
+                xcl::cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: xcl::cluster::LbPolicy::ClusterProvided as i32,
+            ..Default::default()
+        };
+        // ORIGINAL_DST needs lb_policy CLUSTER_PROVIDED in Envoy.
+        let c = Cluster::try_from(pt.clone()).unwrap();
+        assert!(matches!(c.discovery, Discovery::OriginalDst));
+        assert_eq!(c.lb_policy, LbPolicy::ClusterProvided);
+        let mut eds = eds_cluster("e");
+        eds.lb_policy = xcl::cluster::LbPolicy::ClusterProvided as i32;
+        let err = Cluster::try_from(eds).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cluster e: invalid lb_policy: CLUSTER_PROVIDED is not supported"
+        );
+    }
+}
