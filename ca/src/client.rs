@@ -185,18 +185,33 @@ pub trait CertSource: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct CaClient {
     config: CaClientConfig,
+    /// Roots learnt from the CA's trust bundle, trusted for the CA's serving
+    /// certificate in addition to the configured ones, so that the client
+    /// follows a root rotation.
+    learnt_roots: Arc<std::sync::Mutex<String>>,
 }
 
 impl CaClient {
     /// A client for `config` (connections are made per request, so a
     /// renewal can present the current SVID).
     pub fn new(config: CaClientConfig) -> Self {
-        CaClient { config }
+        CaClient {
+            config,
+            learnt_roots: Arc::default(),
+        }
     }
 
     async fn channel(&self, identity: Option<&WorkloadCert>) -> Result<Channel, ClientError> {
+        let learnt = self
+            .learnt_roots
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.config.ca_roots_pem))
+            .ca_certificate(Certificate::from_pem(format!(
+                "{}{learnt}",
+                self.config.ca_roots_pem
+            )))
             .domain_name(self.config.server_name.clone());
         if let Some(cert) = identity {
             tls = tls.identity(TlsIdentity::from_pem(cert.chain_pem(), cert.key_pem()));
@@ -270,6 +285,9 @@ impl CaClient {
             &bundle.trust_domain,
             parse_certs("trust bundle", &bundle.roots_pem.concat())?,
         );
+        if let Ok(mut learnt) = self.learnt_roots.lock() {
+            *learnt = roots.pem();
+        }
         WorkloadCert::from_parts(
             self.config.spiffe_id.clone(),
             &resp.cert_chain,
