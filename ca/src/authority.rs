@@ -121,6 +121,10 @@ pub enum KeyAlgorithm {
     EcdsaP256,
     /// ECDSA on P-384 with SHA-384.
     EcdsaP384,
+    /// RSA 2048 bits, PKCS#1 v1.5 with SHA-256.
+    Rsa2048,
+    /// RSA 4096 bits, PKCS#1 v1.5 with SHA-256.
+    Rsa4096,
 }
 
 impl KeyAlgorithm {
@@ -128,6 +132,8 @@ impl KeyAlgorithm {
         let alg = match self {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlgorithm::Rsa2048 => return generate_rsa(2048),
+            KeyAlgorithm::Rsa4096 => return generate_rsa(4096),
         };
         Ok(KeyPair::generate_for(alg)?)
     }
@@ -135,10 +141,35 @@ impl KeyAlgorithm {
     fn of(key: &KeyPair) -> Self {
         if key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
             KeyAlgorithm::EcdsaP384
+        } else if key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
+            // Rotation keeps the family; a new RSA root gets at least 2048
+            // bits, and 4096 when the old key was longer than 2048.
+            let bits = key.public_key_raw().len() * 8;
+            if bits > 2048 + 512 {
+                KeyAlgorithm::Rsa4096
+            } else {
+                KeyAlgorithm::Rsa2048
+            }
         } else {
             KeyAlgorithm::EcdsaP256
         }
     }
+}
+
+/// Generates an RSA key with the pure-Rust `rsa` crate (ring can load and
+/// sign with RSA keys but not generate them) and hands it to ring as PKCS#8.
+fn generate_rsa(bits: usize) -> Result<KeyPair, AuthorityError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
+        .map_err(|e| AuthorityError::KeyGeneration(format!("RSA {bits} key generation: {e}")))?;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| AuthorityError::KeyGeneration(format!("RSA {bits} PKCS#8 encoding: {e}")))?;
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
+    Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+        &pkcs8,
+        &rcgen::PKCS_RSA_SHA256,
+    )?)
 }
 
 /// How SVID lifetimes are chosen.

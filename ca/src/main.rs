@@ -23,6 +23,8 @@ struct Cli {
 enum KeyType {
     EcdsaP256,
     EcdsaP384,
+    Rsa2048,
+    Rsa4096,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -200,6 +202,8 @@ async fn main() -> anyhow::Result<()> {
             opts.key_algorithm = match key_type {
                 KeyType::EcdsaP256 => KeyAlgorithm::EcdsaP256,
                 KeyType::EcdsaP384 => KeyAlgorithm::EcdsaP384,
+                KeyType::Rsa2048 => KeyAlgorithm::Rsa2048,
+                KeyType::Rsa4096 => KeyAlgorithm::Rsa4096,
             };
             opts.intermediate = intermediate;
             opts.root_ttl = root_ttl;

@@ -263,3 +263,27 @@ fn rsa_1024_csr_is_refused_as_weak() {
     let err = verify_csr_pem(&pem).unwrap_err();
     assert!(err.to_string().contains("RSA 1024 bits"), "{err}");
 }
+
+#[test]
+fn rsa_2048_root_from_init_signs_svids_that_openssl_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = InitOptions::new("cluster.local");
+    opts.key_algorithm = mesh_ca::KeyAlgorithm::Rsa2048;
+    let started = std::time::Instant::now();
+    let ca =
+        CertificateAuthority::init(&dir.path().join("ca"), &opts, IssuePolicy::default()).unwrap();
+    eprintln!("RSA 2048 root generated in {:?}", started.elapsed());
+    let root = der(&ca.trust_bundle().pem());
+    let (_, root_cert) = X509Certificate::from_der(&root).unwrap();
+    assert_eq!(root_cert.public_key().parsed().unwrap().key_size(), 2048);
+    let chain = sign(&ca, None);
+    let (ok, out) = common::openssl_verify(
+        dir.path(),
+        &ca.trust_bundle().pem(),
+        &chain[1..].concat(),
+        &chain[0],
+    );
+    assert!(ok, "openssl verify: {out}");
+    let spiffe: serde_json::Value = serde_json::from_str(&ca.trust_bundle().spiffe_json()).unwrap();
+    assert_eq!(spiffe["keys"][0]["kty"], "RSA");
+}
