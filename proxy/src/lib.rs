@@ -4,6 +4,7 @@
 //! The binary in `src/main.rs` only parses flags.
 
 pub mod config;
+pub mod xds;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing
 /// in `main`; a second call is harmless.

@@ -146,7 +146,8 @@ impl TryFrom<xcl::Cluster> for Cluster {
             transport_socket_matches,
             transport_socket_matcher,
             name,
-            alt_stat_name,
+            // Only names the cluster in stats.
+            alt_stat_name: _stats_name,
             stats_matcher,
             eds_cluster_config,
             connect_timeout,
@@ -196,7 +197,7 @@ impl TryFrom<xcl::Cluster> for Cluster {
             cluster_discovery_type,
             lb_config,
         } = c;
-        reject_set!(ctx; transport_socket_matches, transport_socket_matcher, alt_stat_name, stats_matcher,
+        reject_set!(ctx; transport_socket_matches, transport_socket_matcher, stats_matcher,
             per_connection_buffer_limit_bytes, per_connection_buffer_high_watermark_timeout, health_checks,
             max_requests_per_connection, upstream_http_protocol_options, common_http_protocol_options,
             http_protocol_options, http2_protocol_options, dns_refresh_rate, dns_jitter, dns_failure_refresh_rate,

@@ -51,9 +51,23 @@ pub struct ProxyConfig {
     pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
     /// Accepted version per resource, keyed by type URL then resource name.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
+    /// Last response version seen per type URL (SotW `version_info`,
+    /// delta `system_version_info`).
+    pub type_versions: BTreeMap<String, String>,
 }
 
 impl ProxyConfig {
+    /// Whether both clusters and listeners have been received once: the
+    /// proxy is ready to serve.
+    pub fn is_ready(&self) -> bool {
+        use mesh_proto::envoy::pb::envoy::config::{
+            cluster::v3::Cluster as C, listener::v3::Listener as L,
+        };
+        use prost::Name;
+        self.type_versions.contains_key(&C::type_url())
+            && self.type_versions.contains_key(&L::type_url())
+    }
+
     /// The endpoints of a cluster, whatever its discovery type: EDS
     /// assignments come from [`ProxyConfig::endpoints`], static ones from
     /// the cluster itself.
@@ -195,5 +209,18 @@ impl Ctx {
             resource: self.resource(),
             field: self.path_of(field),
         }
+    }
+}
+
+/// Builders of Envoy resources shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::cluster::tests::eds_cluster;
+    use mesh_proto::envoy::pb::google::protobuf as wkt;
+
+    pub(crate) fn any_cluster(
+        c: mesh_proto::envoy::pb::envoy::config::cluster::v3::Cluster,
+    ) -> wkt::Any {
+        super::http::tests::any(&c)
     }
 }

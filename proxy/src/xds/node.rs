@@ -1,0 +1,129 @@
+//! The proxy's xDS `Node`: identity and metadata under Istio's keys (see
+//! docs/xds.md).
+
+use std::collections::BTreeMap;
+
+use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
+use mesh_proto::envoy::pb::google::protobuf as wkt;
+
+/// Who this proxy is, from flags or environment.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIdentity {
+    /// Explicit node id; derived Istio-style when empty.
+    pub id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Workload name.
+    pub workload_name: String,
+    /// Workload labels.
+    pub labels: BTreeMap<String, String>,
+    /// Instance IPs (the first one goes into the node id).
+    pub instance_ips: Vec<String>,
+    /// Cluster id (`Kubernetes` or a mesh-local name).
+    pub cluster_id: String,
+    /// Service name (`node.cluster`).
+    pub service_name: String,
+    /// Service ports, `protocol:port` comma separated.
+    pub service_ports: String,
+    /// `REDIRECT`, `TPROXY` or `NONE`.
+    pub interception_mode: String,
+}
+
+fn s(v: &str) -> wkt::Value {
+    wkt::Value {
+        kind: Some(wkt::value::Kind::StringValue(v.to_owned())),
+    }
+}
+
+impl NodeIdentity {
+    /// Istio's node id: `sidecar~<ip>~<workload>.<ns>~<ns>.svc.cluster.local`.
+    pub fn node_id(&self) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        let ip = self
+            .instance_ips
+            .first()
+            .map_or("127.0.0.1", String::as_str);
+        let ns = &self.namespace;
+        format!(
+            "sidecar~{ip}~{}.{ns}~{ns}.svc.cluster.local",
+            self.workload_name
+        )
+    }
+
+    /// The `Node` sent on the first request of every stream.
+    pub fn to_node(&self) -> xc::Node {
+        let mut fields = BTreeMap::new();
+        let mut put = |k: &str, v: &str| {
+            if !v.is_empty() {
+                fields.insert(k.to_owned(), s(v));
+            }
+        };
+        put("NAMESPACE", &self.namespace);
+        put("SERVICE_ACCOUNT", &self.service_account);
+        put("WORKLOAD_NAME", &self.workload_name);
+        put("INSTANCE_IPS", &self.instance_ips.join(","));
+        put("CLUSTER_ID", &self.cluster_id);
+        put("MESH_SERVICE_NAME", &self.service_name);
+        put("MESH_SERVICE_PORTS", &self.service_ports);
+        put(
+            "INTERCEPTION_MODE",
+            if self.interception_mode.is_empty() {
+                "REDIRECT"
+            } else {
+                &self.interception_mode
+            },
+        );
+        let labels = wkt::Struct {
+            fields: self.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
+        };
+        fields.insert(
+            "LABELS".to_owned(),
+            wkt::Value {
+                kind: Some(wkt::value::Kind::StructValue(labels)),
+            },
+        );
+        xc::Node {
+            id: self.node_id(),
+            cluster: self.service_name.clone(),
+            metadata: Some(wkt::Struct {
+                fields: fields.into_iter().collect(),
+            }),
+            user_agent_name: "mesh-proxy".to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_and_metadata_use_istio_conventions() {
+        let id = NodeIdentity {
+            namespace: "default".into(),
+            workload_name: "reviews-v1".into(),
+            instance_ips: vec!["10.1.0.5".into()],
+            service_name: "reviews".into(),
+            service_ports: "http:9080".into(),
+            labels: [("app".to_owned(), "reviews".to_owned())].into(),
+            ..Default::default()
+        };
+        let node = id.to_node();
+        assert_eq!(
+            node.id,
+            "sidecar~10.1.0.5~reviews-v1.default~default.svc.cluster.local"
+        );
+        assert_eq!(node.cluster, "reviews");
+        let md = node.metadata.unwrap().fields;
+        assert_eq!(md["MESH_SERVICE_PORTS"], s("http:9080"));
+        assert_eq!(md["INTERCEPTION_MODE"], s("REDIRECT"));
+        assert!(
+            matches!(&md["LABELS"].kind, Some(wkt::value::Kind::StructValue(l)) if l.fields["app"] == s("reviews"))
+        );
+    }
+}
