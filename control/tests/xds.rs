@@ -335,3 +335,57 @@ async fn delta_reconnect_with_known_versions_resends_nothing() {
     );
     assert!(resumed.removed_resources.is_empty());
 }
+
+/// Regression: a later subscription (no nonce) was taken for a fresh stream
+/// and resent every resource the client already had.
+#[tokio::test]
+async fn delta_subscribing_more_names_sends_only_the_new_ones() {
+    let (_dir, meshd) = start().await;
+    call(
+        meshd.http_addr,
+        "POST",
+        "/apis/v1/apply",
+        &CONFIG.replace("backend", "other"),
+    )
+    .await;
+    wait_services(meshd.http_addr, 2).await;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
+            .await
+            .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let a = "outbound|80||backend.default.svc.cluster.local";
+    let b = "outbound|80||other.default.svc.cluster.local";
+    tx.send(DeltaDiscoveryRequest {
+        node: node("delta-sub"),
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![a.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.resources.len(), 1);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![b.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let second = stream.message().await.unwrap().unwrap();
+    let names: Vec<&str> = second.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec![b]);
+}

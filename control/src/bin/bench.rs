@@ -1,1 +1,377 @@
-fn main() {}
+//! meshd scale benchmark: N services × M endpoints, P simulated delta-ADS
+//! clients (in-process, over real gRPC on loopback). Measures the initial
+//! full push, a push that changes every proxy's config, one endpoint change
+//! reaching every proxy (p50/p99/max), and the process RSS.
+//!
+//! `cargo run -p mesh-control --profile bench --bin meshd-bench -- --services 1000 --endpoints 5 --proxies 1000`
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_control::config::Config;
+use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
+use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Services (ServiceEntries).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 5)]
+    endpoints: usize,
+    /// Simulated proxies.
+    #[arg(long, default_value_t = 1000)]
+    proxies: usize,
+    /// gRPC connections the proxies' streams share (HTTP/2 multiplexing).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// meshd's debounce.
+    #[arg(long, default_value = "100ms")]
+    debounce: String,
+}
+
+fn service_entry(i: usize, endpoints: usize, salt: u32) -> String {
+    let mut eps = String::new();
+    for e in 0..endpoints {
+        let last = if i == 0 && e == 0 { salt } else { 1 };
+        eps.push_str(&format!(
+            "  - {{address: 10.{}.{}.{}, labels: {{version: v{}}}}}\n",
+            (i / 250) % 250,
+            i % 250,
+            (e as u32 + last) % 250,
+            e % 2
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}, namespace: ns-{}}}\nspec:\n  hosts: [svc-{i}]\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n{eps}---\n",
+        i % 20
+    )
+}
+
+/// What a simulated proxy reports.
+#[derive(Debug)]
+enum Event {
+    /// Has CDS, every EDS it asked for, LDS and RDS.
+    Ready(usize, Instant),
+    /// Saw the watched resource name.
+    Saw(usize, Instant),
+}
+
+async fn client(
+    id: usize,
+    channel: tonic::transport::Channel,
+    target: watch::Receiver<Option<(String, String)>>,
+    events: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<()> {
+    let mut c =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(64);
+    let node = Node {
+        id: format!(
+            "sidecar~10.99.{}.{}~bench-{id}.ns-0~ns-0.svc.cluster.local",
+            id / 250,
+            id % 250
+        ),
+        ..Default::default()
+    };
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await?;
+    tx.send(DeltaDiscoveryRequest {
+        type_url: LDS.into(),
+        ..Default::default()
+    })
+    .await?;
+    let mut stream = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (mut eds_wanted, mut eds_have) = (HashSet::new(), HashSet::new());
+    let (mut cds, mut lds, mut rds, mut ready) = (false, false, false, false);
+    while let Some(resp) = stream.message().await? {
+        let now = Instant::now();
+        tx.send(DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            ..Default::default()
+        })
+        .await?;
+        let seen_target = target.borrow().as_ref().is_some_and(|(t, name)| {
+            *t == resp.type_url && resp.resources.iter().any(|r| r.name == *name)
+        });
+        if seen_target {
+            let _ = events.send(Event::Saw(id, now));
+        }
+        match resp.type_url.as_str() {
+            CDS => {
+                cds = true;
+                let new: Vec<String> = resp
+                    .resources
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .filter(|n| n.starts_with("outbound|") && eds_wanted.insert(n.clone()))
+                    .collect();
+                if !new.is_empty() {
+                    tx.send(DeltaDiscoveryRequest {
+                        type_url: EDS.into(),
+                        resource_names_subscribe: new,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+            }
+            EDS => eds_have.extend(resp.resources.iter().map(|r| r.name.clone())),
+            LDS => {
+                if !lds {
+                    tx.send(DeltaDiscoveryRequest {
+                        type_url: RDS.into(),
+                        resource_names_subscribe: vec!["80".into()],
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                lds = true;
+            }
+            RDS => rds = true,
+            _ => {}
+        }
+        if !ready
+            && cds
+            && lds
+            && rds
+            && !eds_wanted.is_empty()
+            && eds_have.len() >= eds_wanted.len()
+        {
+            ready = true;
+            let _ = events.send(Event::Ready(id, now));
+        }
+    }
+    Ok(())
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+async fn wait_all(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    n: usize,
+    ready: bool,
+) -> anyhow::Result<Vec<Instant>> {
+    let mut seen = HashSet::new();
+    let mut times = Vec::new();
+    while seen.len() < n {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .context("timed out waiting for proxies")?
+            .context("clients gone")?;
+        if let (Event::Ready(id, at), true) | (Event::Saw(id, at), false) = (ev, ready)
+            && seen.insert(id)
+        {
+            times.push(at);
+        }
+    }
+    Ok(times)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mesh_control::install_crypto_provider();
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("meshd-bench-{}", std::process::id()));
+    let config = Config::parse_from([
+        "meshd",
+        "--data-dir",
+        dir.to_str().context("temp dir")?,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--debounce",
+        &args.debounce,
+    ]);
+    let meshd = mesh_control::server::start(&config).await?;
+    let mut text = String::new();
+    for i in 0..args.services {
+        text.push_str(&service_entry(i, args.endpoints, 1));
+    }
+    let objects =
+        mesh_control::documents::parse(&text, "bench").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    meshd.shared.store.apply(objects).await?;
+    let builder = meshd.shared.builder.clone();
+    let mut snaps = builder.subscribe();
+    while builder.current().services.len() < args.services {
+        snaps.changed().await?;
+    }
+    let rss_before = rss_mb();
+    println!(
+        "meshd: {} services x {} endpoints, RSS before proxies {rss_before:.0} MB",
+        args.services, args.endpoints
+    );
+
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", meshd.xds_addr))?
+                .connect()
+                .await?,
+        );
+    }
+    // Record when each snapshot is published, to measure pushes from there.
+    let publications = Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
+    {
+        let (mut rx, log) = (builder.subscribe(), publications.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let v = rx.borrow_and_update().version;
+                if let Ok(mut l) = log.lock() {
+                    l.push((v, Instant::now()));
+                }
+            }
+        });
+    }
+    let (target_tx, target_rx) = watch::channel(None);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    for id in 0..args.proxies {
+        let ch = channels[id % channels.len()].clone();
+        let (t, e) = (target_rx.clone(), ev_tx.clone());
+        tokio::spawn(async move {
+            if let Err(err) = client(id, ch, t, e).await {
+                eprintln!("client {id}: {err:#}");
+            }
+        });
+    }
+    let ready = wait_all(&mut ev_rx, args.proxies, true).await?;
+    let initial = ready
+        .iter()
+        .max()
+        .map(|t| t.duration_since(started))
+        .unwrap_or_default();
+    println!(
+        "initial full push to {} proxies: {:.0} ms",
+        args.proxies,
+        initial.as_secs_f64() * 1000.0
+    );
+    println!(
+        "RSS with proxies connected: {:.0} MB (includes the simulated clients)",
+        rss_mb()
+    );
+
+    // A change to every proxy's config: a new service (CDS/EDS/LDS/RDS).
+    let new_cluster = format!(
+        "outbound|80||svc-{}.ns-{}.svc.cluster.local",
+        args.services,
+        args.services % 20
+    );
+    target_tx.send_replace(Some((CDS.to_string(), new_cluster)));
+    let version_before = builder.current().version;
+    let applied = Instant::now();
+    let objs =
+        mesh_control::documents::parse(&service_entry(args.services, args.endpoints, 1), "bench")
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    meshd.shared.store.apply(objs).await?;
+    let published = published_at(&publications, version_before).await;
+    let times = wait_all(&mut ev_rx, args.proxies, false).await?;
+    let all = times
+        .iter()
+        .max()
+        .map(|t| t.duration_since(published))
+        .unwrap_or_default();
+    println!(
+        "full push (new service) to all {} proxies: {:.0} ms after the snapshot, {:.0} ms after the write (debounce {})",
+        args.proxies,
+        all.as_secs_f64() * 1000.0,
+        times
+            .iter()
+            .max()
+            .map(|t| t.duration_since(applied))
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0,
+        args.debounce
+    );
+
+    // One endpoint of one service changes.
+    let cluster = "outbound|80||svc-0.ns-0.svc.cluster.local".to_string();
+    target_tx.send_replace(Some((EDS.to_string(), cluster)));
+    let version_before = builder.current().version;
+    let applied = Instant::now();
+    let objs = mesh_control::documents::parse(&service_entry(0, args.endpoints, 7), "bench")
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    meshd.shared.store.apply(objs).await?;
+    let published = published_at(&publications, version_before).await;
+    let times = wait_all(&mut ev_rx, args.proxies, false).await?;
+    eprintln!(
+        "debug: snapshot published {:?} after the write",
+        published.saturating_duration_since(applied)
+    );
+    let mut lat: Vec<Duration> = times
+        .iter()
+        .map(|t| t.saturating_duration_since(published))
+        .collect();
+    lat.sort();
+    println!(
+        "endpoint change -> all proxies, after the snapshot: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; after the write: max {:.0} ms",
+        percentile(&lat, 0.5).as_secs_f64() * 1000.0,
+        percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+        percentile(&lat, 1.0).as_secs_f64() * 1000.0,
+        times
+            .iter()
+            .max()
+            .map(|t| t.duration_since(applied))
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
+    );
+    println!("final RSS: {:.0} MB", rss_mb());
+    drop(meshd);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn published_at(log: &std::sync::Mutex<Vec<(u64, Instant)>>, before: u64) -> Instant {
+    loop {
+        if let Some(at) = log
+            .lock()
+            .ok()
+            .and_then(|l| l.iter().find(|(v, _)| *v > before).map(|(_, at)| *at))
+        {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -57,7 +57,7 @@ pub async fn run(
     let guard = state.open(&proxy, "delta");
     let mut snapshots = state.builder.subscribe();
     let snapshot = snapshots.borrow_and_update().clone();
-    let mut config = translate::generate(&snapshot, &proxy);
+    let mut config = state.config_for(&snapshot, &proxy).await;
     let mut c = Conn {
         state: state.clone(),
         conn: guard.conn,
@@ -81,7 +81,7 @@ pub async fn run(
                     let started = Instant::now();
                     let snapshot = snapshots.borrow_and_update().clone();
                     c.snapshot_version = snapshot.version;
-                    config = translate::generate(&snapshot, &proxy);
+                    config = state.config_for(&snapshot, &proxy).await;
                     let mut failed = false;
                     for ty in PUSH_ORDER {
                         if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, false).await.is_err() {
@@ -111,7 +111,11 @@ impl Conn {
             return Ok(());
         };
         let t = self.types.entry(ty).or_default();
-        if req.response_nonce.is_empty() {
+        // The first request of a type opens it (and states what a
+        // reconnecting client already has); later requests without a nonce
+        // only change the subscription.
+        let first = !t.subscribed;
+        if first {
             t.subscribed = true;
             t.client = req.initial_resource_versions.clone();
             t.wildcard = req.resource_names_subscribe.is_empty() && wildcard_by_default(ty);
@@ -127,7 +131,7 @@ impl Conn {
                 self.state.status.acked(self.conn, ty, &version);
             }
         }
-        let mut changed = req.response_nonce.is_empty();
+        let mut changed = first;
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 t.wildcard = true;

@@ -6,8 +6,9 @@ pub mod delta;
 pub mod sotw;
 pub mod status;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -22,8 +23,15 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::Metrics;
 use crate::node::ProxyNode;
 use crate::registry::Workloads;
-use crate::snapshot::SnapshotBuilder;
+use crate::snapshot::{Snapshot, SnapshotBuilder};
+use crate::translate::ProxyConfig;
 use status::SyncStatus;
+
+/// Generated configs of the current snapshot, by proxy class.
+type ConfigCache = (
+    u64,
+    HashMap<String, Arc<tokio::sync::OnceCell<Arc<ProxyConfig>>>>,
+);
 
 /// How many responses may wait for a slow client before its stream task
 /// blocks (only that task).
@@ -42,6 +50,7 @@ pub struct XdsState {
     pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     next_nonce: AtomicU64,
+    cache: Mutex<ConfigCache>,
 }
 
 impl XdsState {
@@ -59,7 +68,30 @@ impl XdsState {
             metrics,
             next_conn: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
+            cache: Mutex::new((0, HashMap::new())),
         })
+    }
+
+    /// The config of `proxy` for `snapshot`. Proxies whose config depends on
+    /// the same identity fields (a "class") share one generation per
+    /// snapshot, so a push to a thousand identical sidecars costs one
+    /// translation, not a thousand.
+    pub async fn config_for(&self, snapshot: &Snapshot, proxy: &ProxyNode) -> Arc<ProxyConfig> {
+        let key = class_key(proxy);
+        let cell = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 != snapshot.version {
+                if cache.0 > snapshot.version {
+                    // A stream still on an older snapshot: don't evict newer work.
+                    return Arc::new(crate::translate::generate(snapshot, proxy));
+                }
+                *cache = (snapshot.version, HashMap::new());
+            }
+            cache.1.entry(key).or_default().clone()
+        };
+        cell.get_or_init(|| async { Arc::new(crate::translate::generate(snapshot, proxy)) })
+            .await
+            .clone()
     }
 
     /// A fresh nonce.
@@ -143,6 +175,14 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(delta::run(self.state.clone(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The identity fields translation reads (see [`crate::translate`]).
+fn class_key(p: &ProxyNode) -> String {
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}",
+        p.namespace, p.labels, p.interception, p.outbound_port, p.service_ports
+    )
 }
 
 /// Whether meshd serves this type URL.

@@ -58,7 +58,7 @@ pub async fn run(
     let guard = state.open(&proxy, "sotw");
     let mut snapshots = state.builder.subscribe();
     let snapshot = snapshots.borrow_and_update().clone();
-    let mut config = translate::generate(&snapshot, &proxy);
+    let mut config = state.config_for(&snapshot, &proxy).await;
     let mut c = Conn {
         state: state.clone(),
         conn: guard.conn,
@@ -86,7 +86,7 @@ pub async fn run(
                     let started = Instant::now();
                     let snapshot = snapshots.borrow_and_update().clone();
                     c.snapshot_version = snapshot.version;
-                    config = translate::generate(&snapshot, &proxy);
+                    config = state.config_for(&snapshot, &proxy).await;
                     if c.push_all(&config).await.is_err() {
                         break;
                     }
