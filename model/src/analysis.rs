@@ -17,7 +17,8 @@ use crate::host::{DEFAULT_CLUSTER_DOMAIN, fqdn, host_matches};
 use crate::meta::Object;
 use crate::networking::{ClientTlsMode, Destination, DestinationRuleSpec, VirtualServiceSpec};
 use crate::parse::{ModelError, ProblemKind};
-use crate::resource::{Resource, SourcedResource};
+use crate::resource::Resource;
+pub use crate::resource::SourcedResource;
 use crate::security::MtlsMode;
 
 /// The namespace whose namespace-wide policies apply to the whole mesh.

@@ -65,20 +65,24 @@ pub fn fqdn(host: &str, namespace: &str, cluster_domain: &str) -> String {
 /// `host` may itself be a wildcard, in which case it matches when every name
 /// it covers is covered by `pattern`.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    let host = host.to_ascii_lowercase();
-    if pattern == "*" || pattern == host {
+    if pattern == "*" || pattern.eq_ignore_ascii_case(host) {
         return true;
     }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            // `*.example.com` covers `a.example.com` and `*.a.example.com`.
-            let host_rest = host.strip_prefix('*').unwrap_or(&host);
-            (host_rest.len() > suffix.len() && host_rest.ends_with(suffix))
-                || (host.starts_with('*') && host_rest == suffix)
-        }
-        None => false,
-    }
+    let Some(suffix) = pattern.strip_prefix('*') else {
+        return false;
+    };
+    // `*.example.com` covers `a.example.com` and `*.a.example.com`.
+    let (host_rest, host_wild) = match host.strip_prefix('*') {
+        Some(rest) => (rest, true),
+        None => (host, false),
+    };
+    // Byte-wise, so that a non-ASCII host cannot split a character.
+    let ends_with = |s: &str| {
+        let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
+        s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    (host_rest.len() > suffix.len() && ends_with(host_rest))
+        || (host_wild && host_rest.eq_ignore_ascii_case(suffix))
 }
 
 /// Whether some name is matched by both `a` and `b` (two host sets overlap).
@@ -132,6 +136,8 @@ mod tests {
         assert!(host_matches("*.example.com", "*.example.com"));
         assert!(!host_matches("*.a.example.com", "*.example.com"));
         assert!(hosts_overlap("*.a.example.com", "*.example.com"));
+        assert!(!host_matches("*.com", "\u{e9}\u{e9}"));
+        assert!(host_matches("*.Example.com", "a.example.COM"));
         assert!(!hosts_overlap("a.example.com", "b.example.com"));
     }
 }

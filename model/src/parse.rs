@@ -222,6 +222,10 @@ fn describe(doc: &Value) -> Option<String> {
     Some(format!("{kind} {ns}/{name}"))
 }
 
+/// The fields a resource may have at its root; `status` (written by a
+/// Kubernetes API server) is accepted and ignored.
+const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
+
 /// Decodes one resource from a JSON value in the user's shape (as stored
 /// by the control plane, or one document of a YAML stream).
 pub fn parse_json_resource(value: &Value) -> Result<Resource, ProblemKind> {
@@ -239,6 +243,15 @@ pub fn parse_json_resource(value: &Value) -> Result<Resource, ProblemKind> {
         .into_iter()
         .find(|k| k.as_str() == kind_str)
         .ok_or_else(|| ProblemKind::UnknownKind(kind_str.to_string()))?;
+    if let Some(unknown) = map.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
+        return Err(ProblemKind::Decode(FieldError::new(
+            unknown.clone(),
+            format!(
+                "unknown field `{unknown}`, expected one of {}",
+                TOP_LEVEL_FIELDS.map(|f| format!("`{f}`")).join(", ")
+            ),
+        )));
+    }
     if !kind.accepts_api_version(api_version) {
         return Err(ProblemKind::ApiVersion {
             kind,

@@ -179,3 +179,15 @@ fn resources_deserialize_through_serde_with_the_same_checks() {
         "{err}"
     );
 }
+
+#[test]
+fn unknown_top_level_fields_are_errors_but_status_is_accepted() {
+    assert_eq!(
+        errors(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nsepc: {}\n"
+        ),
+        vec![
+            "t.yaml#1 Gateway default/g: sepc: unknown field `sepc`, expected one of `apiVersion`, `kind`, `metadata`, `spec`, `status`"
+        ]
+    );
+}

@@ -375,3 +375,12 @@ fn rate_limit_policy_rules() {
         ],
     );
 }
+
+#[test]
+fn export_to_takes_dot_star_tilde_or_namespaces() {
+    assert_problems(
+        "DestinationRule",
+        "  host: a\n  exportTo: ['.', '*', '~', prod, Bad]\n",
+        &["spec.exportTo[4]: \"Bad\" must be \".\", \"*\", \"~\" or a namespace name"],
+    );
+}

@@ -13,6 +13,7 @@ pub(super) fn validate(e: &mut Errs, spec: &DestinationRuleSpec) {
     if let Some(tp) = &spec.traffic_policy {
         traffic_policy(e, "spec.trafficPolicy", tp);
     }
+    e.export_to("spec.exportTo", &spec.export_to);
     let mut seen = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
         let p = format!("spec.subsets[{i}]");

@@ -142,6 +142,18 @@ impl Errs {
         }
     }
 
+    /// `exportTo` entries: `.`, `*`, `~` or a namespace name.
+    pub(crate) fn export_to(&mut self, path: &str, values: &[String]) {
+        for (i, v) in values.iter().enumerate() {
+            if !matches!(v.as_str(), "." | "*" | "~") && !is_dns1123_label(v) {
+                self.add(
+                    format!("{path}[{i}]"),
+                    format!("{v:?} must be \".\", \"*\", \"~\" or a namespace name"),
+                );
+            }
+        }
+    }
+
     /// A string that must not be empty.
     pub(crate) fn non_empty_str(&mut self, path: &str, value: &str) {
         if value.is_empty() {

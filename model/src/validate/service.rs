@@ -36,6 +36,7 @@ pub(super) fn service_entry(e: &mut Errs, spec: &ServiceEntrySpec) {
             );
         }
     }
+    e.export_to("spec.exportTo", &spec.export_to);
     e.non_empty("spec.ports", &spec.ports, "port");
     let mut numbers = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {

@@ -14,6 +14,7 @@ pub(super) fn validate(e: &mut Errs, spec: &VirtualServiceSpec) {
     for (i, g) in spec.gateways.iter().enumerate() {
         e.non_empty_str(&format!("spec.gateways[{i}]"), g);
     }
+    e.export_to("spec.exportTo", &spec.export_to);
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
         e.add(
             "spec",
