@@ -410,6 +410,20 @@ impl CertificateAuthority {
         Self::load(dir, Some(&opts.trust_domain), policy)
     }
 
+    /// Loads the CA in `dir`, or creates one there (ECDSA P-256 root, no
+    /// intermediate) when the directory holds none: meshd's default.
+    pub fn load_or_init(
+        dir: &Path,
+        trust_domain: &str,
+        policy: IssuePolicy,
+    ) -> Result<Self, AuthorityError> {
+        if dir.join(CA_CERT).exists() {
+            Self::load(dir, Some(trust_domain), policy)
+        } else {
+            Self::init(dir, &InitOptions::new(trust_domain), policy)
+        }
+    }
+
     /// Loads a CA from a directory in the `cacerts` layout. The trust domain
     /// comes from `trust_domain`, else from the `trust-domain` file.
     pub fn load(

@@ -290,6 +290,39 @@ mod tests {
         assert!(matches!(err, CsrError::SpiffeId(_)), "{err}");
     }
 
+    /// A cheap stand-in for the fuzz target: corrupted and truncated CSRs
+    /// are rejected with an error, never a panic, and never accepted with
+    /// a changed identity.
+    #[test]
+    fn corrupted_csrs_are_rejected_without_panicking() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = build_csr_pem(&id(), &key).unwrap();
+        let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let mut bytes = der.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            if next() % 5 == 0 {
+                bytes.truncate((next() as usize) % bytes.len());
+            }
+            if let Ok(csr) = verify_csr_der(&bytes) {
+                assert_eq!(csr.spiffe_id, id(), "a corrupted CSR changed identity");
+            }
+        }
+    }
+
     #[test]
     fn rejects_input_that_is_not_pem() {
         let err = verify_csr_pem("hello").unwrap_err();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_ca::auth::{Authenticator, KubeAuthenticator};
-use mesh_ca::metrics::CaMetrics;
+use mesh_ca::metrics::{CaMetrics, serve_metrics};
 use mesh_ca::server::{ServeOptions, serve};
 use mesh_ca::token::JoinTokens;
 use mesh_ca::{CertificateAuthority, InitOptions, IssuePolicy, KeyAlgorithm, SpiffeId};
@@ -102,6 +102,9 @@ enum Command {
         /// Audiences a service-account token must carry (repeatable).
         #[arg(long = "audience")]
         audiences: Vec<String>,
+        /// Where to serve Prometheus metrics (`GET /metrics`); off if unset.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -232,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
             ips,
             kubernetes,
             audiences,
+            metrics_listen,
             policy,
         } => {
             let ca = Arc::new(CertificateAuthority::load(
@@ -264,6 +268,23 @@ async fn main() -> anyhow::Result<()> {
                 ips,
                 ..ServeOptions::default()
             };
+            let registry = Arc::new(registry);
+            if let Some(addr) = metrics_listen {
+                let metrics_listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics address {addr}"))?;
+                println!(
+                    "metrics on http://{}/metrics",
+                    metrics_listener.local_addr()?
+                );
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let never = std::future::pending::<()>();
+                    if let Err(error) = serve_metrics(metrics_listener, registry, never).await {
+                        tracing::error!(%error, "metrics server stopped");
+                    }
+                });
+            }
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };

@@ -7,6 +7,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
 /// Why the CA refused a request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum RejectReason {
@@ -92,6 +102,57 @@ impl ClientMetrics {
     }
 }
 
+/// Content type of the Prometheus text format with OpenMetrics.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn render(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    let (status, ctype) = if path != "/metrics" {
+        body.push_str("not found: metrics are at /metrics\n");
+        (StatusCode::NOT_FOUND, "text/plain")
+    } else if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
+        body = "encoding metrics failed\n".to_string();
+        (StatusCode::INTERNAL_SERVER_ERROR, "text/plain")
+    } else {
+        (StatusCode::OK, CONTENT_TYPE)
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Serves `registry` at `GET /metrics` over HTTP/1 on `listener` until
+/// `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = render(&registry, req.uri().path());
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +176,29 @@ mod tests {
             out.contains("mesh_ca_client_cert_expiry_timestamp_seconds 1900000000"),
             "{out}"
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_serves_the_registry() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut registry = Registry::default();
+        let ca = CaMetrics::register(&mut registry);
+        ca.issued.inc();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_metrics(listener, Arc::new(registry), async {
+            let _ = stopped.await;
+        }));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("mesh_ca_svids_issued_total 1"), "{out}");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 }
