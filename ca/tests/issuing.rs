@@ -287,3 +287,75 @@ fn rsa_2048_root_from_init_signs_svids_that_openssl_verifies() {
     let spiffe: serde_json::Value = serde_json::from_str(&ca.trust_bundle().spiffe_json()).unwrap();
     assert_eq!(spiffe["keys"][0]["kty"], "RSA");
 }
+
+/// Runs `openssl req -new` with extra key arguments and returns the CSR.
+fn openssl_csr(dir: &std::path::Path, name: &str, key_args: &[&str]) -> String {
+    let csr = dir.join(format!("{name}.csr"));
+    let (ok, out) = common::run(
+        Command::new("openssl")
+            .args(["req", "-new"])
+            .args(key_args)
+            .args(["-nodes", "-subj", "/O=test", "-keyout"])
+            .arg(dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(&csr)
+            .arg("-addext")
+            .arg(format!("subjectAltName=URI:{}", id())),
+    );
+    assert!(ok, "openssl req: {out}");
+    std::fs::read_to_string(csr).unwrap()
+}
+
+#[test]
+fn csr_with_an_unknown_curve_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = openssl_csr(
+        dir.path(),
+        "k1",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+    );
+    let err = verify_csr_pem(&pem).unwrap_err();
+    assert!(err.to_string().contains("EC curve 1.3.132.0.10"), "{err}");
+}
+
+#[test]
+fn csr_signed_with_sha1_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = openssl_csr(dir.path(), "sha1", &["-newkey", "rsa:2048", "-sha1"]);
+    let err = verify_csr_pem(&pem).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("signature algorithm 1.2.840.113549.1.1.5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ed25519_and_p384_csrs_from_openssl_are_signed_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::init(
+        &dir.path().join("ca"),
+        &InitOptions::new("cluster.local"),
+        IssuePolicy::default(),
+    )
+    .unwrap();
+    for (name, args) in [
+        ("ed", vec!["-newkey", "ed25519"]),
+        (
+            "p384",
+            vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+    ] {
+        let pem = openssl_csr(dir.path(), name, &args);
+        let csr = verify_csr_pem(&pem).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(csr.spiffe_id, id());
+        let chain = ca.sign_csr(&csr, None).unwrap().chain_pem;
+        let (ok, out) = common::openssl_verify(
+            dir.path(),
+            &ca.trust_bundle().pem(),
+            &chain[1..].concat(),
+            &chain[0],
+        );
+        assert!(ok, "{name}: openssl verify: {out}");
+    }
+}
