@@ -4,6 +4,8 @@
 //! walked recursively, in name order), parses and validates each document,
 //! runs the cross-resource analysis over everything that is valid, and
 //! prints one line per finding. Exits 1 when any finding is an error.
+//! Documents that are not mesh resources (API groups other than Istio's and
+//! `policy.mesh.dev`, e.g. a `Deployment`) are skipped.
 //! The codes are listed in `docs/analysis-codes.md`.
 
 use std::fmt::Write as _;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use mesh_model::analysis::{Finding, Severity, analyze};
-use mesh_model::load_documents;
+use mesh_model::{ProblemKind, load_documents};
 
 /// Flags of `meshctl analyze`.
 #[derive(Debug, clap::Args)]
@@ -134,7 +136,14 @@ pub fn analyze_paths(paths: &[PathBuf]) -> anyhow::Result<Report> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         let (ok, errors) = load_documents(&text, &file.display().to_string());
-        findings.extend(errors.iter().map(Finding::from_model_error));
+        // Kubernetes objects (Deployments, Services...) often share files
+        // with mesh config; like istioctl, skip them rather than fail.
+        findings.extend(
+            errors
+                .iter()
+                .filter(|e| !matches!(e.problem, ProblemKind::Foreign { .. }))
+                .map(Finding::from_model_error),
+        );
         resources.extend(ok);
     }
     findings.extend(analyze(&resources));

@@ -44,6 +44,11 @@ fn each_example_file_analyzes_clean_on_its_own() {
 }
 
 const BROKEN: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews}
+spec: {replicas: 1}
+---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
@@ -92,10 +97,10 @@ fn errors_are_printed_with_their_location_and_exit_1() {
     let (code, stdout, _) = meshctl(&["analyze", "-f", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     let want = format!(
-        "Error [MESH0001] VirtualService default/ratings ({f}#3): spec.http[0].rout: unknown field `rout`, expected one of `name`, `match`, `route`, `redirect`, `directResponse`, `delegate`, `rewrite`, `timeout`, `retries`, `fault`, `mirror`, `mirrors`, `mirrorPercentage`, `corsPolicy`, `headers`. Hint: fix the document so that it decodes
-Error [MESH0002] VirtualService default/reviews ({f}#2): spec.http[0].route[0].weight: weights sum to 90, must be 100. Hint: fix the field named above
-Error [MESH0101] VirtualService default/details ({f}#4): spec.http[0].route[0].destination.subset: subset \"v2\" of host \"details.default.svc.cluster.local\" is not defined by any DestinationRule. Hint: add subset \"v2\" to the DestinationRule for details.default.svc.cluster.local, or remove it from the route
-Error [MESH0102] VirtualService default/details ({f}#4): spec.gateways[0]: gateway \"default/missing\" is not defined. Hint: create the Gateway, or fix the name (namespace/name, or name in the VirtualService's namespace)
+        "Error [MESH0001] VirtualService default/ratings ({f}#4): spec.http[0].rout: unknown field `rout`, expected one of `name`, `match`, `route`, `redirect`, `directResponse`, `delegate`, `rewrite`, `timeout`, `retries`, `fault`, `mirror`, `mirrors`, `mirrorPercentage`, `corsPolicy`, `headers`. Hint: fix the document so that it decodes
+Error [MESH0002] VirtualService default/reviews ({f}#3): spec.http[0].route[0].weight: weights sum to 90, must be 100. Hint: fix the field named above
+Error [MESH0101] VirtualService default/details ({f}#5): spec.http[0].route[0].destination.subset: subset \"v2\" of host \"details.default.svc.cluster.local\" is not defined by any DestinationRule. Hint: add subset \"v2\" to the DestinationRule for details.default.svc.cluster.local, or remove it from the route
+Error [MESH0102] VirtualService default/details ({f}#5): spec.gateways[0]: gateway \"default/missing\" is not defined. Hint: create the Gateway, or fix the name (namespace/name, or name in the VirtualService's namespace)
 ✘ 4 errors and 0 warnings found when analyzing 1 file
 "
     );
@@ -118,7 +123,7 @@ fn json_output_is_an_array_of_findings() {
         .collect();
     assert_eq!(codes, vec!["MESH0001", "MESH0002", "MESH0101", "MESH0102"]);
     assert_eq!(v[3]["resource"], "VirtualService default/details");
-    assert_eq!(v[3]["source"], format!("{}#4", file.display()));
+    assert_eq!(v[3]["source"], format!("{}#5", file.display()));
     assert_eq!(v[3]["severity"], "Error");
 }
 

@@ -52,6 +52,16 @@ pub enum ProblemKind {
     /// `kind` names no kind the mesh knows.
     #[error("unknown kind {:?} (expected one of: {})", .0, crate::kind::kind_list())]
     UnknownKind(String),
+    /// The document is not a mesh resource at all (e.g. a Kubernetes
+    /// `Deployment`): its API group is neither Istio's nor the mesh's.
+    /// `meshctl analyze` skips these; stores reject them.
+    #[error("not a mesh resource (apiVersion {api_version:?}, kind {kind:?})")]
+    Foreign {
+        /// The `apiVersion` as written.
+        api_version: String,
+        /// The `kind` as written.
+        kind: String,
+    },
     /// `apiVersion` is not accepted for the kind.
     #[error("apiVersion {api_version:?} is not supported for {kind} (use {})", kind.preferred_api_version())]
     ApiVersion {
@@ -238,6 +248,13 @@ pub fn parse_json_resource(value: &Value) -> Result<Resource, ProblemKind> {
         .get("apiVersion")
         .and_then(Value::as_str)
         .ok_or(ProblemKind::MissingField("apiVersion"))?;
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    if !(group.ends_with("istio.io") || group.ends_with("mesh.dev")) {
+        return Err(ProblemKind::Foreign {
+            api_version: api_version.to_string(),
+            kind: kind_str.to_string(),
+        });
+    }
     // `kind:` must be the exact kind name; the loose forms are for the CLI.
     let kind = Kind::ALL
         .into_iter()

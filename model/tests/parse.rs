@@ -60,9 +60,17 @@ fn unknown_api_versions_and_kinds_are_rejected_clearly() {
         ]
     );
     assert_eq!(
-        errors("apiVersion: v1\nkind: Pod\nmetadata: {name: r, namespace: x}\n"),
+        errors(
+            "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: r, namespace: x}\n"
+        ),
         vec![
-            "t.yaml#1 Pod x/r: unknown kind \"Pod\" (expected one of: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, RateLimitPolicy)"
+            "t.yaml#1 EnvoyFilter x/r: unknown kind \"EnvoyFilter\" (expected one of: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, RateLimitPolicy)"
+        ]
+    );
+    assert_eq!(
+        errors("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: r}\n"),
+        vec![
+            "t.yaml#1 Deployment default/r: not a mesh resource (apiVersion \"apps/v1\", kind \"Deployment\")"
         ]
     );
     assert_eq!(

@@ -393,6 +393,9 @@ pub struct ClientTlsSettings {
     /// Skip server certificate verification.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// Certificate revocation list file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
 }
 
 /// TLS mode toward an upstream.

@@ -82,6 +82,9 @@ pub struct ServerTlsSettings {
     /// Allowed cipher suites.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
+    /// Certificate revocation list file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
 }
 
 /// TLS mode of a gateway server.

@@ -287,6 +287,12 @@ pub struct HttpRetry {
     /// Whether retries may go to other localities.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    /// Whether retries avoid hosts already tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// Base interval between retries (`25ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
 }
 
 /// Faults injected into matching requests; at least one of `delay` or `abort`.
@@ -364,6 +370,9 @@ pub struct CorsPolicy {
     /// Whether credentials are allowed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_credentials: Option<bool>,
+    /// `FORWARD` or `IGNORE` for preflights not matching the allowed origins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
 }
 
 /// An opaque TCP route.

@@ -119,6 +119,12 @@ pub struct Source {
     /// Excluded original client IPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_remote_ip_blocks: Vec<String>,
+    /// Peer service accounts (`ns/sa`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Excluded peer service accounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
 }
 
 /// Request operation; all set fields must match.

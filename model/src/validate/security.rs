@@ -70,6 +70,8 @@ fn source(e: &mut Errs, p: &str, s: &Source) {
         &s.not_ip_blocks,
         &s.remote_ip_blocks,
         &s.not_remote_ip_blocks,
+        &s.service_accounts,
+        &s.not_service_accounts,
     ];
     if lists.iter().all(|l| l.is_empty()) {
         e.add(p, "at least one field must be set");
