@@ -4,6 +4,11 @@
 //! The binary in `src/main.rs` only parses flags.
 
 pub mod config;
+pub mod http;
+pub mod lb;
+pub mod listener;
+pub mod runtime;
+pub mod tcp;
 pub mod xds;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing

@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-pub use cluster::{CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection};
+pub use cluster::{
+    CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection, UpstreamProtocol,
+};
 pub use endpoint::{Endpoint, Health, LoadAssignment};
 pub use http::{
     FaultAbort, FaultConfig, FaultDelay, HttpConnectionManager, HttpFilter, RouteSource,
@@ -29,10 +31,11 @@ pub use listener::{
     Cidr, FilterChain, FilterChainMatch, Listener, ListenerFilter, NetworkFilter, TcpProxy,
     TransportProtocol,
 };
-pub use matcher::{HeaderMatch, HeaderMatchKind, QueryMatch, StringMatch};
+pub use matcher::{CasedMatch, HeaderMatch, HeaderMatchKind, QueryMatch, StringMatch};
 pub use route::{
-    ClusterTarget, DirectResponse, ForwardAction, HeaderMutation, PathMatch, Redirect, RetryPolicy,
-    Route, RouteAction, RouteConfig, RouteMatch, VirtualHost, WeightedTarget,
+    AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMutation,
+    PathMatch, Redirect, RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch, VirtualHost,
+    WeightedTarget,
 };
 pub use tls::{DownstreamTls, UpstreamTls};
 

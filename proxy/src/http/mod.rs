@@ -1,0 +1,382 @@
+//! HTTP proxying (HTTP/1.1 and HTTP/2 downstream through hyper's auto
+//! connection): route, apply the route's action, forward through the
+//! cluster's pooled client, and log the outcome on target `access_log`.
+
+pub mod flags;
+pub mod router;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::config::{
+    Discovery, FaultConfig, ForwardAction, HttpConnectionManager, HttpFilter, PathMatch,
+    ProxyConfig, Redirect, Route, RouteAction, RouteSource,
+};
+use crate::runtime::Shared;
+use flags::{ProxyBody, ResponseFlag, local_reply, text};
+use router::{RequestView, apply_adds, apply_removes, pick_cluster, select_route, select_vhost};
+
+/// Envoy's default route timeout.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Hop-by-hop headers never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What a connection knows about itself.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Original destination.
+    pub dst: SocketAddr,
+}
+
+/// Serves one downstream connection with an HTTP connection manager.
+pub async fn serve_connection(
+    stream: TcpStream,
+    hcm: Arc<HttpConnectionManager>,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+) {
+    let info = Arc::new(info);
+    let svc = hyper::service::service_fn(move |req| {
+        let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
+        async move { Ok::<_, Infallible>(handle(req, &hcm, &shared, &info).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+        debug!(%error, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// Outcome details for the access log.
+#[derive(Default)]
+struct Outcome {
+    flag: Option<ResponseFlag>,
+    cluster: String,
+    upstream: Option<SocketAddr>,
+    route: String,
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    hcm: &HttpConnectionManager,
+    shared: &Shared,
+    info: &ConnInfo,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    // The latest config at the start of the request: routes pushed later
+    // apply to later requests, never to this one.
+    let config = shared.config.borrow().clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let authority = authority(&req);
+    let mut out = Outcome::default();
+    let resp = route_request(req, hcm, &config, shared, info, &authority, &mut out).await;
+    info!(
+        target: "access_log",
+        method = %method,
+        path = %path,
+        authority = %authority,
+        status = resp.status().as_u16(),
+        response_flags = out.flag.map_or("-", ResponseFlag::code),
+        route = %out.route,
+        upstream_cluster = %out.cluster,
+        upstream_host = %out.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        downstream_peer = %info.peer,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+fn authority(req: &Request<Incoming>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    hcm: &HttpConnectionManager,
+    config: &ProxyConfig,
+    shared: &Shared,
+    info: &ConnInfo,
+    authority: &str,
+    out: &mut Outcome,
+) -> Response<ProxyBody> {
+    let table = match &hcm.routes {
+        RouteSource::Inline(t) => Some(t.clone()),
+        RouteSource::Rds(name) => config.routes.get(name).cloned(),
+    };
+    let view = RequestView {
+        authority,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        scheme: "http",
+        headers: req.headers(),
+    };
+    let Some(table) = table else {
+        out.flag = Some(ResponseFlag::NoRoute);
+        return local_reply(ResponseFlag::NoRoute, None);
+    };
+    let Some(vh) = select_vhost(&table, authority) else {
+        out.flag = Some(ResponseFlag::NoRoute);
+        return local_reply(ResponseFlag::NoRoute, None);
+    };
+    let Some(route) = select_route(vh, &view) else {
+        out.flag = Some(ResponseFlag::NoRoute);
+        return local_reply(ResponseFlag::NoRoute, None);
+    };
+    out.route = route.name.clone();
+    // Per-route fault config overrides the filter's default.
+    let filter_fault = hcm.http_filters.iter().find_map(|f| match f {
+        HttpFilter::Fault(f) => Some(f),
+        HttpFilter::Router => None,
+    });
+    if let Some(fault) = route.fault.as_ref().or(filter_fault)
+        && let Some(resp) = inject_fault(fault, out).await
+    {
+        return resp;
+    }
+    // Header changes, most specific first (Envoy's default order).
+    let mutations = [&route.headers, &vh.headers, &table.headers];
+    let mut resp = match &route.action {
+        RouteAction::Direct(d) => text(
+            StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
+            d.body.clone(),
+        ),
+        RouteAction::Redirect(r) => redirect(r, route, &req, authority),
+        RouteAction::Forward(f) => {
+            forward(
+                req, f, route, &mutations, config, shared, info, authority, out,
+            )
+            .await
+        }
+    };
+    for m in mutations {
+        apply_removes(resp.headers_mut(), &m.response_remove);
+        apply_adds(resp.headers_mut(), &m.response_add);
+    }
+    resp
+}
+
+async fn inject_fault(fault: &FaultConfig, out: &mut Outcome) -> Option<Response<ProxyBody>> {
+    if let Some(d) = &fault.delay
+        && rand::rng().random_bool(d.fraction.clamp(0.0, 1.0))
+    {
+        out.flag = Some(ResponseFlag::DelayInjected);
+        tokio::time::sleep(d.delay).await;
+    }
+    if let Some(a) = &fault.abort
+        && rand::rng().random_bool(a.fraction.clamp(0.0, 1.0))
+    {
+        out.flag = Some(ResponseFlag::FaultInjected);
+        return Some(local_reply(
+            ResponseFlag::FaultInjected,
+            StatusCode::from_u16(a.status).ok(),
+        ));
+    }
+    None
+}
+
+fn rewrite_prefix(route: &Route, path: &str, replacement: &str) -> String {
+    match &route.matcher.path {
+        PathMatch::Prefix(p) if path.len() >= p.len() && path.is_char_boundary(p.len()) => {
+            format!("{replacement}{}", &path[p.len()..])
+        }
+        _ => path.to_owned(),
+    }
+}
+
+fn redirect(
+    r: &Redirect,
+    route: &Route,
+    req: &Request<Incoming>,
+    authority: &str,
+) -> Response<ProxyBody> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p.to_owned())),
+        _ => (authority, None),
+    };
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.host.as_deref().unwrap_or(host);
+    let port = r
+        .port
+        .map(|p| p.to_string())
+        .or(if r.host.is_some() { None } else { port });
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(pre)) => rewrite_prefix(route, req.uri().path(), pre),
+        (None, None) => req.uri().path().to_owned(),
+    };
+    let query = if r.strip_query {
+        None
+    } else {
+        req.uri().query()
+    };
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&path);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = text(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        "",
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    req: Request<Incoming>,
+    f: &ForwardAction,
+    route: &Route,
+    mutations: &[&crate::config::HeaderMutation; 3],
+    config: &ProxyConfig,
+    shared: &Shared,
+    info: &ConnInfo,
+    authority: &str,
+    out: &mut Outcome,
+) -> Response<ProxyBody> {
+    let (cluster_name, pick_headers) =
+        pick_cluster(&f.target, |total| rand::rng().random_range(0..total));
+    out.cluster = cluster_name.to_owned();
+    let Some(cluster) = config.clusters.get(cluster_name) else {
+        out.flag = Some(ResponseFlag::NoCluster);
+        return local_reply(ResponseFlag::NoCluster, None);
+    };
+    // Held until the response headers arrive, for least-request accounting.
+    let mut _active = None;
+    let target = match &cluster.discovery {
+        Discovery::OriginalDst => info.dst,
+        _ => {
+            let picked = config.cluster_endpoints(cluster).and_then(|la| {
+                shared
+                    .balancers
+                    .cluster(&cluster.name)
+                    .pick(cluster.lb_policy, &la)
+            });
+            let Some(active) = picked else {
+                out.flag = Some(ResponseFlag::NoHealthyUpstream);
+                return local_reply(ResponseFlag::NoHealthyUpstream, None);
+            };
+            let addr = active.address;
+            _active = Some(active);
+            addr
+        }
+    };
+    out.upstream = Some(target);
+    if cluster.tls.is_some() {
+        // mTLS origination is not implemented yet: refuse rather than send
+        // plaintext to a peer that expects mutual TLS.
+        out.flag = Some(ResponseFlag::UpstreamConnectFailure);
+        return local_reply(ResponseFlag::UpstreamConnectFailure, None);
+    }
+    let downstream_h2 = req.version() == http::Version::HTTP_2;
+    let (mut parts, body) = req.into_parts();
+    let mut path = parts.uri.path().to_owned();
+    if let Some(pre) = &f.prefix_rewrite {
+        path = rewrite_prefix(route, &path, pre);
+    }
+    if let Some((re, sub)) = &f.regex_rewrite {
+        path = re.replace_all(&path, sub.as_str()).into_owned();
+    }
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(target.to_string())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
+    };
+    parts.uri = uri;
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    let host = f.host_rewrite.as_deref().unwrap_or(authority);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    for m in pick_headers.into_iter().chain(mutations.iter().copied()) {
+        apply_removes(&mut parts.headers, &m.request_remove);
+        apply_adds(&mut parts.headers, &m.request_add);
+    }
+    parts.version = http::Version::HTTP_11;
+    let client = shared.upstreams.client(cluster, downstream_h2);
+    let timeout = match f.timeout {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let call = client.request(Request::from_parts(parts, body));
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                out.flag = Some(ResponseFlag::UpstreamTimeout);
+                return local_reply(ResponseFlag::UpstreamTimeout, None);
+            }
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP_BY_HOP {
+                parts.headers.remove(*h);
+            }
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            let flag = if e.is_connect() {
+                ResponseFlag::UpstreamConnectFailure
+            } else {
+                ResponseFlag::UpstreamConnectionTermination
+            };
+            debug!(error = %e, cluster = %cluster.name, upstream = %target, "upstream request failed");
+            out.flag = Some(flag);
+            local_reply(flag, None)
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Load balancing over a cluster's endpoints: weighted round robin, least
+//! request (power of two choices) and weighted random, honouring EDS health.
+//! Per-cluster state (round-robin cursor, in-flight counts) outlives config
+//! snapshots so that a config push does not reset the rotation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+
+use crate::config::{Endpoint, Health, LbPolicy, LoadAssignment};
+
+/// Balancer state for one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterLb {
+    cursor: AtomicUsize,
+    active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+/// Marks one in-flight request to an endpoint; dropping it ends the request
+/// for least-request accounting.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    counter: Arc<AtomicUsize>,
+    /// The endpoint picked.
+    pub address: SocketAddr,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints eligible for new requests: healthy ones, or degraded ones
+/// when nothing is healthy (Envoy's fallback). Draining and unhealthy
+/// endpoints never qualify. Only the highest priority that has any is used.
+pub fn eligible(assignment: &LoadAssignment) -> Vec<&Endpoint> {
+    for wanted in [Health::Healthy, Health::Degraded] {
+        let candidates: Vec<&Endpoint> = assignment
+            .endpoints
+            .iter()
+            .filter(|e| e.health == wanted)
+            .collect();
+        if let Some(top) = candidates.iter().map(|e| e.priority).min() {
+            return candidates
+                .into_iter()
+                .filter(|e| e.priority == top)
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+impl ClusterLb {
+    fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        let mut map = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(addr).or_default().clone()
+    }
+
+    fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.counter(addr).load(Ordering::Relaxed)
+    }
+
+    /// Picks an endpoint, or None when none is eligible (`UH`).
+    pub fn pick(&self, policy: LbPolicy, assignment: &LoadAssignment) -> Option<ActiveRequest> {
+        let hosts = eligible(assignment);
+        if hosts.is_empty() {
+            return None;
+        }
+        let total: u64 = hosts.iter().map(|e| u64::from(e.weight)).sum();
+        let weighted_at = |mut n: u64| {
+            for e in &hosts {
+                let w = u64::from(e.weight);
+                if n < w {
+                    return e.address;
+                }
+                n -= w;
+            }
+            hosts[hosts.len() - 1].address
+        };
+        let address = match policy {
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
+                let n = self.cursor.fetch_add(1, Ordering::Relaxed) as u64;
+                weighted_at(n % total.max(1))
+            }
+            LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {
+                weighted_at(rand::rng().random_range(0..total.max(1)))
+            }
+            LbPolicy::LeastRequest => {
+                let mut rng = rand::rng();
+                let a = hosts[rng.random_range(0..hosts.len())];
+                let b = hosts[rng.random_range(0..hosts.len())];
+                // Envoy weighs active requests by endpoint weight.
+                let load = |e: &Endpoint| {
+                    (self.in_flight(e.address) as u64 + 1) * 1_000 / u64::from(e.weight.max(1))
+                };
+                if load(b) < load(a) {
+                    b.address
+                } else {
+                    a.address
+                }
+            }
+        };
+        let counter = self.counter(address);
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(ActiveRequest { counter, address })
+    }
+}
+
+/// Balancer state for all clusters, by name.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    clusters: Mutex<HashMap<String, Arc<ClusterLb>>>,
+}
+
+impl Balancers {
+    /// The state of one cluster, created on first use.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterLb> {
+        let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16, health: Health, weight: u32) -> Endpoint {
+        Endpoint {
+            address: SocketAddr::from(([10, 0, 0, 1], port)),
+            health,
+            weight,
+            priority: 0,
+            locality: String::new(),
+        }
+    }
+
+    fn la(eps: Vec<Endpoint>) -> LoadAssignment {
+        LoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: eps,
+        }
+    }
+
+    #[test]
+    fn round_robin_honours_weights_and_skips_unhealthy() {
+        let a = la(vec![
+            ep(1, Health::Healthy, 2),
+            ep(2, Health::Unhealthy, 5),
+            ep(3, Health::Healthy, 1),
+            ep(4, Health::Draining, 1),
+        ]);
+        let lb = ClusterLb::default();
+        let picks: Vec<u16> = (0..6)
+            .map(|_| lb.pick(LbPolicy::RoundRobin, &a).unwrap().address.port())
+            .collect();
+        assert_eq!(picks, [1, 1, 3, 1, 1, 3]);
+    }
+
+    #[test]
+    fn no_healthy_endpoint_means_none_and_degraded_is_a_fallback() {
+        let lb = ClusterLb::default();
+        assert!(
+            lb.pick(LbPolicy::Random, &la(vec![ep(1, Health::Unhealthy, 1)]))
+                .is_none()
+        );
+        let a = la(vec![
+            ep(1, Health::Unhealthy, 1),
+            ep(2, Health::Degraded, 1),
+        ]);
+        assert_eq!(lb.pick(LbPolicy::Random, &a).unwrap().address.port(), 2);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let a = la(vec![ep(1, Health::Healthy, 1), ep(2, Health::Healthy, 1)]);
+        let lb = ClusterLb::default();
+        // Keep ten requests open on port 1.
+        let held: Vec<_> = (0..10)
+            .map(|_| {
+                let c = lb.counter(SocketAddr::from(([10, 0, 0, 1], 1)));
+                c.fetch_add(1, Ordering::Relaxed);
+                ActiveRequest {
+                    counter: c,
+                    address: SocketAddr::from(([10, 0, 0, 1], 1)),
+                }
+            })
+            .collect();
+        let to_idle = (0..200)
+            .filter(|_| lb.pick(LbPolicy::LeastRequest, &a).unwrap().address.port() == 2)
+            .count();
+        // P2C picks the idle host unless both choices land on the busy one (~25%).
+        assert!(to_idle > 120, "{to_idle}");
+        drop(held);
+        assert_eq!(lb.in_flight(SocketAddr::from(([10, 0, 0, 1], 1))), 0);
+    }
+
+    #[test]
+    fn random_spreads_by_weight() {
+        let a = la(vec![ep(1, Health::Healthy, 9), ep(2, Health::Healthy, 1)]);
+        let lb = ClusterLb::default();
+        let ones = (0..1000)
+            .filter(|_| lb.pick(LbPolicy::Random, &a).unwrap().address.port() == 1)
+            .count();
+        assert!((800..980).contains(&ones), "{ones}");
+    }
+}

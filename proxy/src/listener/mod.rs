@@ -1,0 +1,235 @@
+//! Accepting connections: original destination, protocol detection,
+//! filter chain selection and hand-off to HTTP or TCP proxying.
+
+pub mod detect;
+pub mod original_dst;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::{FilterChain, Listener, NetworkFilter, TransportProtocol};
+use crate::runtime::Shared;
+use detect::{Detected, detect};
+
+/// Sniff timeout when the listener does not set one. Short, so that
+/// server-first protocols fall back to TCP quickly.
+const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Picks the most specific chain for a destination and detected transport,
+/// like Envoy: destination port, then longest IP prefix, then transport
+/// protocol; the default chain when none matches.
+pub fn select_chain(
+    listener: &Listener,
+    dst: SocketAddr,
+    transport: Option<TransportProtocol>,
+) -> Option<&FilterChain> {
+    listener
+        .filter_chains
+        .iter()
+        .filter_map(|fc| {
+            let m = &fc.matcher;
+            if m.destination_port.is_some_and(|p| p != dst.port()) {
+                return None;
+            }
+            let prefix = if m.prefix_ranges.is_empty() {
+                Some(-1)
+            } else {
+                m.prefix_ranges
+                    .iter()
+                    .filter(|c| c.contains(dst.ip()))
+                    .map(|c| i16::from(c.len))
+                    .max()
+            }?;
+            if m.transport_protocol.is_some_and(|t| Some(t) != transport) {
+                return None;
+            }
+            Some((
+                (
+                    m.destination_port.is_some(),
+                    prefix,
+                    m.transport_protocol.is_some(),
+                ),
+                fc,
+            ))
+        })
+        .max_by_key(|(score, _)| *score)
+        .map(|(_, fc)| fc)
+        .or(listener.default_filter_chain.as_ref())
+}
+
+fn needs_detection(l: &Listener) -> bool {
+    l.filter_chains.iter().any(|fc| {
+        fc.matcher.transport_protocol.is_some() || !fc.matcher.application_protocols.is_empty()
+    })
+}
+
+/// Serves one listener (by name) on an already bound socket. Each
+/// connection uses the listener config current when it was accepted.
+pub async fn serve(tcp: TcpListener, name: String, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match tcp.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(listener = %name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(handle(stream, peer, name.clone(), shared.clone()));
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<Shared>) {
+    let config = shared.config.borrow().clone();
+    let Some(listener) = config.listeners.get(&name).cloned() else {
+        debug!(listener = %name, "listener no longer configured; closing");
+        return;
+    };
+    let dst = if listener.use_original_dst {
+        original_dst::original_dst(&stream)
+    } else {
+        stream.local_addr().ok()
+    };
+    let Some(dst) = dst else { return };
+    let transport = if needs_detection(&listener) {
+        let d = detect(
+            &stream,
+            listener.sniff_timeout.unwrap_or(DEFAULT_SNIFF_TIMEOUT),
+        )
+        .await;
+        Some(if d == Detected::Tls {
+            TransportProtocol::Tls
+        } else {
+            TransportProtocol::RawBuffer
+        })
+    } else {
+        None
+    };
+    let Some(chain) = select_chain(&listener, dst, transport) else {
+        debug!(listener = %name, %dst, "no filter chain matches; closing");
+        return;
+    };
+    if chain.tls.is_some() {
+        warn!(listener = %name, chain = %chain.name, "TLS termination is not implemented yet; closing");
+        return;
+    }
+    match &chain.filter {
+        NetworkFilter::Http(hcm) => {
+            crate::http::serve_connection(
+                stream,
+                Arc::new(hcm.clone()),
+                shared,
+                crate::http::ConnInfo { peer, dst },
+            )
+            .await;
+        }
+        NetworkFilter::Tcp(tp) => crate::tcp::proxy(stream, tp, &config, &shared, peer, dst).await,
+    }
+}
+
+/// Binds every configured listener once, as listeners appear in the config
+/// (explicit `addr_override` lets tests and explicit mode remap ports).
+/// Runs until the config channel closes.
+pub async fn run(shared: Arc<Shared>) {
+    let mut rx = shared.config.clone();
+    let mut bound = BTreeSet::new();
+    loop {
+        let config = rx.borrow_and_update().clone();
+        for (name, l) in &config.listeners {
+            if bound.contains(name) {
+                continue;
+            }
+            match TcpListener::bind(l.address).await {
+                Ok(tcp) => {
+                    info!(listener = %name, address = %l.address, "listening");
+                    bound.insert(name.clone());
+                    tokio::spawn(serve(tcp, name.clone(), shared.clone()));
+                }
+                Err(error) => {
+                    warn!(listener = %name, address = %l.address, %error, "cannot bind listener; will retry on the next config")
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cidr, ClusterTarget, FilterChainMatch, TcpProxy};
+
+    fn fc(
+        name: &str,
+        port: Option<u16>,
+        prefix: Option<(&str, u8)>,
+        tp: Option<TransportProtocol>,
+    ) -> FilterChain {
+        FilterChain {
+            name: name.into(),
+            matcher: FilterChainMatch {
+                destination_port: port,
+                prefix_ranges: prefix
+                    .map(|(a, len)| Cidr {
+                        addr: a.parse().unwrap(),
+                        len,
+                    })
+                    .into_iter()
+                    .collect(),
+                transport_protocol: tp,
+                ..Default::default()
+            },
+            tls: None,
+            filter: NetworkFilter::Tcp(TcpProxy {
+                stat_prefix: String::new(),
+                target: ClusterTarget::Single(name.into()),
+                idle_timeout: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn chain_selection_prefers_port_then_longest_prefix_then_transport() {
+        let l = Listener {
+            name: "virtualOutbound".into(),
+            address: "0.0.0.0:15001".parse().unwrap(),
+            use_original_dst: true,
+            listener_filters: vec![],
+            sniff_timeout: None,
+            filter_chains: vec![
+                fc("any-on-9080", Some(9080), None, None),
+                fc("vip-9080", Some(9080), Some(("10.96.0.10", 32)), None),
+                fc("subnet-9080", Some(9080), Some(("10.96.0.0", 16)), None),
+                fc(
+                    "tls-9080",
+                    Some(9080),
+                    Some(("10.96.0.10", 32)),
+                    Some(TransportProtocol::Tls),
+                ),
+            ],
+            default_filter_chain: Some(fc("passthrough", None, None, None)),
+        };
+        let pick = |dst: &str, t| {
+            select_chain(&l, dst.parse().unwrap(), t)
+                .unwrap()
+                .name
+                .clone()
+        };
+        assert_eq!(pick("10.96.0.10:9080", None), "vip-9080");
+        assert_eq!(
+            pick("10.96.0.10:9080", Some(TransportProtocol::Tls)),
+            "tls-9080"
+        );
+        assert_eq!(pick("10.96.1.1:9080", None), "subnet-9080");
+        assert_eq!(pick("192.168.0.1:9080", None), "any-on-9080");
+        assert_eq!(pick("10.96.0.10:80", None), "passthrough");
+    }
+}

@@ -1,0 +1,93 @@
+//! Opaque TCP proxying with half-close: each direction is shut down on its
+//! own when the other side finishes writing.
+
+use std::net::SocketAddr;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::config::{Discovery, ProxyConfig, TcpProxy};
+use crate::http::router::pick_cluster;
+use crate::runtime::Shared;
+
+/// Proxies one connection to the TCP proxy's cluster.
+pub async fn proxy(
+    mut downstream: TcpStream,
+    tp: &TcpProxy,
+    config: &ProxyConfig,
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
+    let (cluster_name, _) = pick_cluster(&tp.target, |total| rand::rng().random_range(0..total));
+    let log = |flag: &str, upstream: Option<SocketAddr>, sent: u64, received: u64| {
+        info!(
+            target: "access_log",
+            protocol = "tcp",
+            response_flags = flag,
+            upstream_cluster = %cluster_name,
+            upstream_host = %upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            downstream_peer = %peer,
+            original_dst = %dst,
+            bytes_sent = sent,
+            bytes_received = received,
+            "connection"
+        );
+    };
+    let Some(cluster) = config.clusters.get(cluster_name) else {
+        log("NC", None, 0, 0);
+        return;
+    };
+    let mut _active = None;
+    let target = match &cluster.discovery {
+        Discovery::OriginalDst => dst,
+        _ => {
+            let picked = config.cluster_endpoints(cluster).and_then(|la| {
+                shared
+                    .balancers
+                    .cluster(&cluster.name)
+                    .pick(cluster.lb_policy, &la)
+            });
+            match picked {
+                Some(a) => {
+                    let addr = a.address;
+                    _active = Some(a);
+                    addr
+                }
+                // BlackHoleCluster lands here too: no endpoints, close.
+                None => {
+                    log("UH", None, 0, 0);
+                    return;
+                }
+            }
+        }
+    };
+    if cluster.tls.is_some() {
+        log("UF", Some(target), 0, 0);
+        return;
+    }
+    let mut upstream =
+        match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
+                debug!(%error, upstream = %target, "TCP upstream connect failed");
+                log("UF", Some(target), 0, 0);
+                return;
+            }
+            Err(_) => {
+                log("UF", Some(target), 0, 0);
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    // copy_bidirectional shuts down each write half when the matching read
+    // half reaches EOF, which is exactly TCP half-close.
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((up, down)) => log("-", Some(target), down, up),
+        Err(error) => {
+            debug!(%error, "TCP proxy connection ended with an error");
+            log("UC", Some(target), 0, 0);
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The real data path on loopback: a fake ADS server configures the proxy,
+//! real hyper backends answer, requests go through the proxy.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proto::envoy::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
+use mesh_proto::envoy::pb::envoy::config::route::v3 as xr;
+use mesh_proto::envoy::pb::google::protobuf as wkt;
+use mesh_proxy::config::ProxyConfig;
+use mesh_proxy::runtime::Shared;
+use mesh_proxy::xds::{NodeIdentity, XdsClient, XdsClientConfig};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A backend answering `<name> <path> host=<host> env=<x-env>`; `/slow`
+/// waits 300 ms first.
+async fn backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let body = format!(
+                            "{name} {} host={} env={}",
+                            req.uri().path(),
+                            h("host"),
+                            h("x-env")
+                        );
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                // Reads to EOF, so it only answers after the client's half-close.
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(b"echo:").await.unwrap();
+                s.write_all(&buf).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn header_route(prefix: &str, header: &str, value: &str, cluster: &str) -> xr::Route {
+    use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
+    let mut r = route(prefix, cluster);
+    r.r#match.as_mut().unwrap().headers.push(xr::HeaderMatcher {
+        name: header.into(),
+        header_match_specifier: Some(xr::header_matcher::HeaderMatchSpecifier::StringMatch(
+            xm::StringMatcher {
+                match_pattern: Some(xm::string_matcher::MatchPattern::Exact(value.into())),
+                ignore_case: false,
+            },
+        )),
+        ..Default::default()
+    });
+    r
+}
+
+fn routes(default_cluster: &str) -> xr::RouteConfiguration {
+    let mut direct = route("/direct", "unused");
+    direct.action = Some(xr::route::Action::DirectResponse(
+        xr::DirectResponseAction {
+            status: 418,
+            body: Some(xc::DataSource {
+                specifier: Some(xc::data_source::Specifier::InlineString("teapot".into())),
+                ..Default::default()
+            }),
+            body_format: None,
+        },
+    ));
+    let mut split = route("/split", "unused");
+    let Some(xr::route::Action::Route(ra)) = &mut split.action else {
+        unreachable!()
+    };
+    ra.cluster_specifier = Some(xr::route_action::ClusterSpecifier::WeightedClusters(
+        xr::WeightedCluster {
+            clusters: ["v1", "v2"]
+                .iter()
+                .map(|c| xr::weighted_cluster::ClusterWeight {
+                    name: (*c).into(),
+                    weight: Some(wkt::UInt32Value { value: 50 }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+    ));
+    let mut rewrite = route("/rewrite", "v1");
+    let Some(xr::route::Action::Route(ra)) = &mut rewrite.action else {
+        unreachable!()
+    };
+    ra.prefix_rewrite = "/new".into();
+    rewrite.request_headers_to_add.push(xc::HeaderValueOption {
+        header: Some(xc::HeaderValue {
+            key: "x-env".into(),
+            value: "canary".into(),
+            raw_value: vec![],
+        }),
+        ..Default::default()
+    });
+    route_table(
+        "9080",
+        &["reviews", "reviews:9080"],
+        vec![
+            direct,
+            header_route("/", "end-user", "jason", "v2"),
+            split,
+            rewrite,
+            route("/nohost", "empty"),
+            route("/down", "down"),
+            route("/nocluster", "missing"),
+            route("/", default_cluster),
+        ],
+    )
+}
+
+struct Env {
+    ads: FakeAds,
+    rx: watch::Receiver<Arc<ProxyConfig>>,
+    http: SocketAddr,
+    tcp: SocketAddr,
+}
+
+async fn setup() -> Env {
+    let (v1, v2, echo) = (
+        backend("v1").await,
+        backend("v2").await,
+        echo_server().await,
+    );
+    let mut ads = FakeAds::start().await;
+    let mut cfg = XdsClientConfig::new(ads.url(), NodeIdentity::default());
+    cfg.initial_backoff = Duration::from_millis(20);
+    let (client, rx) = XdsClient::new(cfg);
+    tokio::spawn(client.run());
+    let shared = Shared::new(rx.clone());
+    let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, tcp) = (http_l.local_addr().unwrap(), tcp_l.local_addr().unwrap());
+    tokio::spawn(mesh_proxy::listener::serve(
+        http_l,
+        "http".into(),
+        shared.clone(),
+    ));
+    tokio::spawn(mesh_proxy::listener::serve(
+        tcp_l,
+        "tcp".into(),
+        shared.clone(),
+    ));
+
+    ads.expect_delta("LDS subscribe", |r| r.type_url == LDS())
+        .await;
+    let clusters = vec![
+        (
+            "v1".to_owned(),
+            any(&eds_cluster("v1", LbPolicy::RoundRobin)),
+        ),
+        (
+            "v2".to_owned(),
+            any(&eds_cluster("v2", LbPolicy::LeastRequest)),
+        ),
+        (
+            "empty".to_owned(),
+            any(&eds_cluster("empty", LbPolicy::Random)),
+        ),
+        (
+            "down".to_owned(),
+            any(&static_cluster("down", &[closed_port()])),
+        ),
+        ("echo".to_owned(), any(&static_cluster("echo", &[echo]))),
+    ];
+    ads.push_delta(&CDS(), "c1", clusters, vec![]);
+    let listeners = vec![
+        (
+            "http".to_owned(),
+            any(&listener(
+                "http",
+                http,
+                false,
+                vec![chain(
+                    "outbound|9080||reviews",
+                    Some(http),
+                    hcm_filter("9080"),
+                )],
+                None,
+            )),
+        ),
+        (
+            "tcp".to_owned(),
+            any(&listener(
+                "tcp",
+                tcp,
+                false,
+                vec![],
+                Some(chain("echo", None, tcp_filter("echo"))),
+            )),
+        ),
+    ];
+    ads.push_delta(&LDS(), "l1", listeners, vec![]);
+    ads.expect_delta("RDS subscribe", |r| {
+        r.type_url == RDS() && !r.resource_names_subscribe.is_empty()
+    })
+    .await;
+    ads.push_delta(
+        &EDS(),
+        "e1",
+        vec![
+            ("v1".into(), any(&cla("v1", &[(v1, 1, 1)]))),
+            ("v2".into(), any(&cla("v2", &[(v2, 1, 1)]))),
+            // UNHEALTHY only: no host may be picked.
+            ("empty".into(), any(&cla("empty", &[(v1, 2, 1)]))),
+        ],
+        vec![],
+    );
+    ads.push_delta(
+        &RDS(),
+        "r1",
+        vec![("9080".into(), any(&routes("v1")))],
+        vec![],
+    );
+    let mut w = rx.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|c| c.routes.contains_key("9080") && c.endpoints.len() == 3),
+    )
+    .await
+    .expect("config applied")
+    .unwrap();
+    Env { ads, rx, http, tcp }
+}
+
+async fn get(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut req = hyper::Request::get(format!("http://{proxy}{path}")).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let flags = resp
+        .headers()
+        .get("x-mesh-response-flags")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    (status, body, flags)
+}
+
+#[tokio::test]
+async fn http_routes_by_host_path_and_header_with_rewrite_and_direct_response() {
+    let env = setup().await;
+    let (s, body, _) = get(env.http, "reviews:9080", "/products", &[]).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "v1 /products host=reviews:9080 env=")
+    );
+    let (_, body, _) = get(env.http, "reviews", "/products", &[("end-user", "jason")]).await;
+    assert!(body.starts_with("v2 /products"), "{body}");
+    let (_, body, _) = get(env.http, "reviews", "/rewrite/x", &[]).await;
+    assert_eq!(body, "v1 /new/x host=reviews env=canary");
+    let (s, body, _) = get(env.http, "reviews", "/direct", &[]).await;
+    assert_eq!((s, body.as_str()), (418, "teapot"));
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_traffic() {
+    let env = setup().await;
+    let mut v1 = 0;
+    for _ in 0..60 {
+        let (_, body, _) = get(env.http, "reviews", "/split", &[]).await;
+        if body.starts_with("v1") {
+            v1 += 1;
+        }
+    }
+    assert!((10..=50).contains(&v1), "v1 got {v1} of 60");
+}
+
+#[tokio::test]
+async fn generated_responses_carry_envoy_flags_and_readable_bodies() {
+    let env = setup().await;
+    let (s, body, flags) = get(env.http, "unknown.example", "/", &[]).await;
+    assert_eq!((s, flags.as_str()), (404, "NR"));
+    assert!(body.contains("no route"), "{body}");
+    let (s, body, flags) = get(env.http, "reviews", "/nohost", &[]).await;
+    assert_eq!(
+        (s, flags.as_str(), body.as_str()),
+        (503, "UH", "no healthy upstream (UH)\n")
+    );
+    let (s, body, flags) = get(env.http, "reviews", "/down", &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "UF"));
+    assert!(body.contains("connection failure"), "{body}");
+    let (s, _, flags) = get(env.http, "reviews", "/nocluster", &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "NC"));
+}
+
+#[tokio::test]
+async fn tcp_proxy_forwards_both_ways_with_half_close() {
+    let env = setup().await;
+    let mut s = tokio::net::TcpStream::connect(env.tcp).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    // Half-close: the echo server answers only after it sees our EOF.
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, b"echo:hello");
+}
+
+#[tokio::test]
+async fn route_change_applies_to_new_requests_without_dropping_in_flight_ones() {
+    let env = setup().await;
+    let slow = tokio::spawn(get(env.http, "reviews", "/slow", &[]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.ads.push_delta(
+        &RDS(),
+        "r2",
+        vec![("9080".into(), any(&routes("v2")))],
+        vec![],
+    );
+    let mut w = env.rx.clone();
+    w.wait_for(|c| c.versions[&RDS()]["9080"] == "r2")
+        .await
+        .unwrap();
+    let (_, body, _) = get(env.http, "reviews", "/after", &[]).await;
+    assert!(body.starts_with("v2 /after"), "{body}");
+    let (s, body, _) = slow.await.unwrap();
+    assert_eq!((s, body.starts_with("v1 /slow")), (200, true), "{body}");
+}
