@@ -7,7 +7,7 @@
 //! them. Parse and validation problems map to `MESH0001` and `MESH0002` with
 //! [`Finding::from_model_error`], so that one list carries everything.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -118,9 +118,15 @@ pub fn analyze(resources: &[SourcedResource]) -> Vec<Finding> {
     }
     let mut out = Vec::new();
     let known = known_hosts(resources);
+    let subsets = subset_index(&drs);
+    let gateways: BTreeSet<String> = resources
+        .iter()
+        .filter(|g| matches!(g.resource, Resource::Gateway(_)))
+        .map(|g| format!("{}/{}", g.resource.namespace(), g.resource.name()))
+        .collect();
     for vs in &vss {
-        check_destinations(&mut out, *vs, &drs, &known);
-        check_gateways(&mut out, *vs, resources);
+        check_destinations(&mut out, *vs, &subsets, &known);
+        check_gateways(&mut out, *vs, &gateways);
     }
     check_duplicate_hosts(&mut out, &vss);
     for dr in &drs {
@@ -152,23 +158,75 @@ fn dest_fqdn(host: &str, ns: &str) -> String {
     fqdn(host, ns, DEFAULT_CLUSTER_DOMAIN)
 }
 
+/// Host patterns indexed for lookup: exact names in a hash set, wildcard
+/// patterns scanned (there are few), so analysis stays linear in the
+/// number of resources.
+#[derive(Debug)]
+struct HostIndex<T> {
+    exact: HashMap<String, Vec<T>>,
+    wildcards: Vec<(String, T)>,
+}
+
+impl<T> Default for HostIndex<T> {
+    fn default() -> Self {
+        HostIndex {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+        }
+    }
+}
+
+impl<T> HostIndex<T> {
+    fn insert(&mut self, pattern: String, value: T) {
+        if pattern.starts_with('*') {
+            self.wildcards.push((pattern, value));
+        } else {
+            self.exact.entry(pattern).or_default().push(value);
+        }
+    }
+
+    /// Values of every pattern that matches `host` (an FQDN, lowercase).
+    fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        let exact = self.exact.get(host).into_iter().flatten();
+        let wild = self
+            .wildcards
+            .iter()
+            .filter(move |(p, _)| host_matches(p, host))
+            .map(|(_, v)| v);
+        exact.chain(wild)
+    }
+}
+
 /// Hosts of ServiceEntries, DestinationRules and VirtualServices, expanded.
-fn known_hosts(resources: &[SourcedResource]) -> Vec<String> {
-    let mut hosts = Vec::new();
+fn known_hosts(resources: &[SourcedResource]) -> HostIndex<()> {
+    let mut hosts = HostIndex::default();
     for r in resources {
         let ns = r.resource.namespace();
         match &r.resource {
             Resource::ServiceEntry(o) => {
-                hosts.extend(o.spec.hosts.iter().map(|h| dest_fqdn(h, ns)))
+                for h in &o.spec.hosts {
+                    hosts.insert(dest_fqdn(h, ns), ());
+                }
             }
-            Resource::DestinationRule(o) => hosts.push(dest_fqdn(&o.spec.host, ns)),
+            Resource::DestinationRule(o) => hosts.insert(dest_fqdn(&o.spec.host, ns), ()),
             Resource::VirtualService(o) => {
-                hosts.extend(o.spec.hosts.iter().map(|h| dest_fqdn(h, ns)))
+                for h in &o.spec.hosts {
+                    hosts.insert(dest_fqdn(h, ns), ());
+                }
             }
             _ => {}
         }
     }
     hosts
+}
+
+/// Subset names defined for each DestinationRule host.
+fn subset_index<'a>(drs: &[Dr<'a>]) -> HostIndex<&'a DestinationRuleSpec> {
+    let mut index = HostIndex::default();
+    for (r, dr) in drs {
+        index.insert(dest_fqdn(&dr.spec.host, r.resource.namespace()), &dr.spec);
+    }
+    index
 }
 
 /// Every destination of a VirtualService with its field path.
@@ -211,12 +269,17 @@ fn destinations(spec: &VirtualServiceSpec) -> Vec<(String, &Destination)> {
 }
 
 /// MESH0101 (undefined subset) and MESH0105 (unknown host).
-fn check_destinations(out: &mut Vec<Finding>, (r, vs): Vs<'_>, drs: &[Dr<'_>], known: &[String]) {
+fn check_destinations(
+    out: &mut Vec<Finding>,
+    (r, vs): Vs<'_>,
+    subsets: &HostIndex<&DestinationRuleSpec>,
+    known: &HostIndex<()>,
+) {
     let ns = r.resource.namespace();
     let mut reported = BTreeSet::new();
     for (path, d) in destinations(&vs.spec) {
         let host = dest_fqdn(&d.host, ns);
-        if !known.iter().any(|k| host_matches(k, &host)) && reported.insert(host.clone()) {
+        if known.matching(&host).next().is_none() && reported.insert(host.clone()) {
             out.push(finding(
                 "MESH0105",
                 Severity::Warning,
@@ -228,10 +291,9 @@ fn check_destinations(out: &mut Vec<Finding>, (r, vs): Vs<'_>, drs: &[Dr<'_>], k
             ));
         }
         let Some(subset) = &d.subset else { continue };
-        let defined = drs.iter().any(|(dr_r, dr)| {
-            host_matches(&dest_fqdn(&dr.spec.host, dr_r.resource.namespace()), &host)
-                && dr.spec.subsets.iter().any(|s| &s.name == subset)
-        });
+        let defined = subsets
+            .matching(&host)
+            .any(|dr| dr.subsets.iter().any(|s| &s.name == subset));
         if !defined {
             out.push(finding(
                 "MESH0101",
@@ -269,12 +331,7 @@ fn bound_gateways(spec: &VirtualServiceSpec, ns: &str) -> Vec<(String, String)> 
 }
 
 /// MESH0102: a VirtualService bound to a Gateway that does not exist.
-fn check_gateways(out: &mut Vec<Finding>, (r, vs): Vs<'_>, resources: &[SourcedResource]) {
-    let gateways: BTreeSet<String> = resources
-        .iter()
-        .filter(|g| matches!(g.resource, Resource::Gateway(_)))
-        .map(|g| format!("{}/{}", g.resource.namespace(), g.resource.name()))
-        .collect();
+fn check_gateways(out: &mut Vec<Finding>, (r, vs): Vs<'_>, gateways: &BTreeSet<String>) {
     for (path, g) in bound_gateways(&vs.spec, r.resource.namespace()) {
         if g != "mesh" && !gateways.contains(&g) {
             out.push(finding(

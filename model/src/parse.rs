@@ -195,7 +195,18 @@ fn split_documents(text: &str) -> Result<Vec<Value>, ProblemKind> {
         }
         out
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| {
+        // The parser's default budget (1,024 documents, 250,000 nodes) is
+        // tuned against hostile input; a mesh's config dump is legitimately
+        // larger, so allow a few thousand times the bookinfo sample while
+        // keeping alias-expansion and depth limits at their defaults.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 100_000,
+                max_nodes: 10_000_000,
+                max_events: 40_000_000,
+            },
+        };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
             // The error text carries a source snippet after its first line.
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or_default();

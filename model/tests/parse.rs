@@ -199,3 +199,11 @@ fn unknown_top_level_fields_are_errors_but_status_is_accepted() {
         ]
     );
 }
+
+#[test]
+fn streams_larger_than_the_yaml_parsers_default_budget_parse() {
+    // serde-saphyr stops at 1,024 documents by default.
+    let doc = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  egress: [{hosts: ['./*']}]\n";
+    let text = vec![doc; 3000].join("---\n");
+    assert_eq!(parse_documents(&text, "big.yaml").unwrap().len(), 3000);
+}

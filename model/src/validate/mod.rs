@@ -4,6 +4,10 @@
 //! from the resource's root (`spec.http[1].route[0].weight`); map entries are
 //! addressed with a dot (`spec.http[0].match[0].headers.x-user`).
 //!
+//! Weights: with more than one destination, weights must sum to 100 (the
+//! rule of Istio's v1alpha3-era validation, kept because it catches typos);
+//! recent Istio releases treat weights as relative and would accept them.
+//!
 //! Durations: `timeout` may be `0s` (Istio's "no timeout"); every other
 //! duration must be positive.
 
