@@ -14,6 +14,7 @@
 //! | `root-key.pem` | only for a CA made by `init`: the root's key, needed by `rotate-root` |
 //! | `trust-bundle.pem` | every trusted root, current first (two during a rotation) |
 //! | `trust-domain` | the trust domain, written by `init` |
+//! | `next-root/` | a prepared root rotation (see [`crate::rotation`]) |
 //! | `join-token.key`, `used-join-tokens` | see [`crate::token`] |
 
 use std::fs;
@@ -100,6 +101,14 @@ pub enum AuthorityError {
     /// The directory already holds a CA and `init` would overwrite it.
     #[error("{0} already holds a CA ({CA_CERT} exists); refusing to overwrite it")]
     AlreadyInitialised(PathBuf),
+    /// `rotate-root --activate` found no prepared rotation.
+    #[error("{0} has no prepared root rotation; run `mesh-ca rotate-root` first")]
+    NoPendingRotation(PathBuf),
+    /// `rotate-root` found a rotation that was prepared but not activated.
+    #[error(
+        "{0} already has a prepared root rotation; activate it with `mesh-ca rotate-root --activate`"
+    )]
+    RotationPending(PathBuf),
     /// `rotate-root` needs the root key, which a plugged-in CA does not have.
     #[error(
         "{0} has no {ROOT_KEY}: a plugged-in CA is rotated by replacing its cacerts files (keep the old root in {TRUST_BUNDLE})"
@@ -138,7 +147,7 @@ impl KeyAlgorithm {
         Ok(KeyPair::generate_for(alg)?)
     }
 
-    fn of(key: &KeyPair) -> Self {
+    pub(crate) fn of(key: &KeyPair) -> Self {
         if key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
             KeyAlgorithm::EcdsaP384
         } else if key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
@@ -261,12 +270,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuthorityError + '_ {
     }
 }
 
-fn read(dir: &Path, name: &str) -> Result<String, AuthorityError> {
+pub(crate) fn read(dir: &Path, name: &str) -> Result<String, AuthorityError> {
     let path = dir.join(name);
     fs::read_to_string(&path).map_err(io_err(&path))
 }
 
-fn read_opt(dir: &Path, name: &str) -> Result<Option<String>, AuthorityError> {
+pub(crate) fn read_opt(dir: &Path, name: &str) -> Result<Option<String>, AuthorityError> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(s) => Ok(Some(s)),
@@ -338,15 +347,15 @@ fn to_offset(d: Duration) -> time::Duration {
 }
 
 /// Generated material for a new root (and optional intermediate).
-struct NewCa {
-    root_pem: String,
-    root_key_pem: String,
-    ca_cert_pem: String,
-    ca_key_pem: String,
-    chain_pem: String,
+pub(crate) struct NewCa {
+    pub(crate) root_pem: String,
+    pub(crate) root_key_pem: String,
+    pub(crate) ca_cert_pem: String,
+    pub(crate) ca_key_pem: String,
+    pub(crate) chain_pem: String,
 }
 
-fn generate(opts: &InitOptions) -> Result<NewCa, AuthorityError> {
+pub(crate) fn generate(opts: &InitOptions) -> Result<NewCa, AuthorityError> {
     let now = OffsetDateTime::now_utc();
     let root_key = opts.key_algorithm.generate()?;
     let mut root_params = ca_params(&opts.trust_domain, "mesh root CA", None);
@@ -536,38 +545,6 @@ impl CertificateAuthority {
             policy,
             dir: None,
         })
-    }
-
-    /// Starts a root rotation in `dir`: a new root (and a new intermediate if
-    /// the CA used one) takes over signing, and the trust bundle keeps the
-    /// old roots until they expire, so SVIDs under either root verify.
-    pub fn rotate_root(dir: &Path, policy: IssuePolicy) -> Result<Self, AuthorityError> {
-        let root_key_pem =
-            read_opt(dir, ROOT_KEY)?.ok_or_else(|| AuthorityError::NoRootKey(dir.to_path_buf()))?;
-        let old = Self::load(dir, None, policy)?;
-        let root_key = KeyPair::from_pem(&root_key_pem).map_err(|source| AuthorityError::Key {
-            path: dir.join(ROOT_KEY),
-            source,
-        })?;
-        let ca_cert = read(dir, CA_CERT)?;
-        let root_cert = read(dir, ROOT_CERT)?;
-        let mut opts = InitOptions::new(&old.trust_domain);
-        opts.key_algorithm = KeyAlgorithm::of(&root_key);
-        opts.intermediate = parse_certs(CA_CERT, &ca_cert)? != parse_certs(ROOT_CERT, &root_cert)?;
-        let new = generate(&opts)?;
-        let mut bundle = new.root_pem.clone();
-        for root in old.bundle.roots() {
-            bundle.push_str(&cert_pem(root));
-        }
-        write_file(&dir.join(TRUST_BUNDLE), &bundle, false)?;
-        write_file(&dir.join(ROOT_KEY), &new.root_key_pem, true)?;
-        write_file(&dir.join(CA_KEY), &new.ca_key_pem, true)?;
-        write_file(&dir.join(ROOT_CERT), &new.root_pem, false)?;
-        write_file(&dir.join(CERT_CHAIN), &new.chain_pem, false)?;
-        write_file(&dir.join(CA_CERT), &new.ca_cert_pem, false)?;
-        tracing::info!(dir = %dir.display(), old_roots = old.bundle.roots().len(),
-            "root rotation started; old roots stay trusted until they expire");
-        Self::load(dir, Some(&opts.trust_domain), policy)
     }
 
     /// The SPIFFE trust domain this CA issues for.

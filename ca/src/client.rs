@@ -258,6 +258,26 @@ impl CaClient {
         current: Option<&WorkloadCert>,
     ) -> Result<WorkloadCert, ClientError> {
         let current = current.filter(|c| c.not_after > SystemTime::now());
+        match self.request_once(current).await {
+            Err(ClientError::Status(status))
+                if current.is_some() && status.code() == tonic::Code::Unauthenticated =>
+            {
+                // The CA no longer accepts our SVID (e.g. it was replaced by
+                // an unrelated CA): fall back to the configured credential.
+                tracing::warn!(
+                    message = status.message(),
+                    "renewal with the current SVID refused; retrying with the credential"
+                );
+                self.request_once(None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn request_once(
+        &self,
+        current: Option<&WorkloadCert>,
+    ) -> Result<WorkloadCert, ClientError> {
         let key = rcgen::KeyPair::generate()?;
         let csr_pem = build_csr_pem(&self.config.spiffe_id, &key)?;
         let channel = self.channel(current).await?;

@@ -15,6 +15,7 @@ pub mod csr;
 pub mod issue;
 pub mod metrics;
 pub mod pem;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod token;
@@ -22,6 +23,7 @@ pub mod verifier;
 
 pub use authority::{CertificateAuthority, InitOptions, IssuePolicy, KeyAlgorithm};
 pub use bundle::TrustBundle;
+pub use client::{CaClient, CaClientConfig, Credential, Identity, WorkloadCert};
 
 pub use mesh_model::SpiffeId;
 

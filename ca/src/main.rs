@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_ca::auth::{Authenticator, KubeAuthenticator};
 use mesh_ca::metrics::{CaMetrics, serve_metrics};
-use mesh_ca::server::{ServeOptions, serve};
+use mesh_ca::server::{ServeOptions, serve_with_reload};
 use mesh_ca::token::JoinTokens;
 use mesh_ca::{CertificateAuthority, InitOptions, IssuePolicy, KeyAlgorithm, SpiffeId};
 
@@ -73,11 +73,19 @@ enum Command {
         #[arg(long, default_value = "3650d", value_parser = parse_duration)]
         root_ttl: Duration,
     },
-    /// Start a root rotation: a new root signs; old roots stay trusted until they expire.
+    /// Root rotation. Without flags: step 1, a new root is added to the trust
+    /// bundle (signing unchanged). `--activate`: step 2, the new root signs;
+    /// the old root stays trusted until it expires. `--immediate`: both.
     RotateRoot {
         /// The CA directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Step 2: switch signing to the prepared root.
+        #[arg(long, conflicts_with = "immediate")]
+        activate: bool,
+        /// Both steps at once.
+        #[arg(long)]
+        immediate: bool,
     },
     /// Serve the CA gRPC API over TLS.
     Serve {
@@ -219,10 +227,27 @@ async fn main() -> anyhow::Result<()> {
                 ca.signer_not_after()
             );
         }
-        Command::RotateRoot { dir } => {
-            let ca = CertificateAuthority::rotate_root(&dir, IssuePolicy::default())?;
+        Command::RotateRoot {
+            dir,
+            activate,
+            immediate,
+        } => {
+            let policy = IssuePolicy::default();
+            let (ca, what) = if activate {
+                let ca = CertificateAuthority::activate_root_rotation(&dir, policy)?;
+                (ca, "rotation activated: new SVIDs chain to the new root")
+            } else if immediate {
+                let ca = CertificateAuthority::rotate_root(&dir, policy)?;
+                (ca, "root rotated: new SVIDs chain to the new root")
+            } else {
+                let ca = CertificateAuthority::prepare_root_rotation(&dir, policy)?;
+                (
+                    ca,
+                    "rotation prepared: the new root is in the trust bundle; run `mesh-ca rotate-root --activate` once workloads have renewed",
+                )
+            };
             println!(
-                "root rotated in {}: {} roots trusted; new SVIDs chain to the new root",
+                "{}: {what}; {} roots trusted (send SIGHUP to a running `mesh-ca serve`)",
                 dir.display(),
                 ca.trust_bundle().roots().len()
             );
@@ -238,11 +263,11 @@ async fn main() -> anyhow::Result<()> {
             metrics_listen,
             policy,
         } => {
-            let ca = Arc::new(CertificateAuthority::load(
-                &dir,
-                trust_domain.as_deref(),
-                policy.policy(),
-            )?);
+            let load = {
+                let (dir, td, policy) = (dir.clone(), trust_domain.clone(), policy.policy());
+                move || CertificateAuthority::load(&dir, td.as_deref(), policy).map(Arc::new)
+            };
+            let ca = load()?;
             let mut auth = Authenticator::default()
                 .with_join_tokens(Arc::new(JoinTokens::load_or_create(&dir)?));
             if kubernetes {
@@ -255,9 +280,8 @@ async fn main() -> anyhow::Result<()> {
                     ca.trust_domain(),
                 ));
             }
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener =
+                std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
             // Printed so that a supervisor (or a test) that asked for port 0
             // learns the port.
             println!("listening on {}", listener.local_addr()?);
@@ -288,7 +312,21 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            serve(ca, auth, metrics, listener, &opts, shutdown).await?;
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let _ = reload_tx.send(()).await;
+                    }
+                });
+            }
+            #[cfg(not(unix))]
+            drop(reload_tx);
+            drop(ca);
+            serve_with_reload(load, auth, metrics, listener, opts, reload_rx, shutdown).await?;
         }
         Command::Token {
             command:

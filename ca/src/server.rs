@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::Authenticator;
-use crate::authority::CertificateAuthority;
+use crate::authority::{AuthorityError, CertificateAuthority};
 use crate::issue::IssueError;
 use crate::metrics::CaMetrics;
 use crate::service::CaService;
@@ -32,6 +32,15 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The CA could not be loaded.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// A server task panicked or was cancelled.
+    #[error("CA server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The listening socket could not be shared with a restarted server.
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 /// How the CA serves.
@@ -92,4 +101,78 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Serves like [`serve`], and each time `reload` yields, loads the CA again
+/// with `load` and starts a new server (new serving certificate, new client
+/// roots) on the same socket before draining the old one, so a root
+/// rotation or replaced `cacerts` files take effect without closing the
+/// port. A failed reload is logged and the running server kept.
+pub async fn serve_with_reload<L>(
+    load: L,
+    auth: Authenticator,
+    metrics: CaMetrics,
+    listener: std::net::TcpListener,
+    opts: ServeOptions,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError>
+where
+    L: Fn() -> Result<Arc<CertificateAuthority>, AuthorityError>,
+{
+    listener
+        .set_nonblocking(true)
+        .map_err(ServerError::Listener)?;
+    let start = |ca: Arc<CertificateAuthority>| -> Result<_, ServerError> {
+        let socket = listener.try_clone().map_err(ServerError::Listener)?;
+        let socket = TcpListener::from_std(socket).map_err(ServerError::Listener)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (auth, metrics, opts) = (auth.clone(), metrics.clone(), opts.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            serve(ca, auth, metrics, socket, &opts, shutdown).await
+        });
+        Ok((stop, task))
+    };
+    let (mut stop, mut task) = start(load()?)?;
+    tokio::pin!(shutdown);
+    let mut reloads_open = true;
+    loop {
+        tokio::select! {
+            finished = &mut task => {
+                return finished?;
+            }
+            () = &mut shutdown => {
+                let _ = stop.send(());
+                return task.await?;
+            }
+            signal = reload.recv(), if reloads_open => {
+                if signal.is_none() {
+                    // Nobody can ask for reloads any more: serve until
+                    // shutdown.
+                    reloads_open = false;
+                    continue;
+                }
+                let ca = match load() {
+                    Ok(ca) => ca,
+                    Err(error) => {
+                        tracing::error!(%error, "CA reload failed; still serving the previous CA");
+                        continue;
+                    }
+                };
+                tracing::info!(roots = ca.trust_bundle().roots().len(), "CA reloaded");
+                let (new_stop, new_task) = start(ca)?;
+                let old_stop = std::mem::replace(&mut stop, new_stop);
+                let old_task = std::mem::replace(&mut task, new_task);
+                let _ = old_stop.send(());
+                tokio::spawn(async move {
+                    if let Ok(Err(error)) = old_task.await {
+                        tracing::warn!(%error, "previous CA server ended with an error");
+                    }
+                });
+            }
+        }
+    }
 }

@@ -96,8 +96,20 @@ fn init_issue_bundle_and_rotate_from_the_command_line() {
         2,
         "old and new root during rotation"
     );
+    mesh_ca(&["rotate-root", "--dir", path(&ca), "--activate"]);
+    let again = Command::new(BIN)
+        .args(["rotate-root", "--dir", path(&ca), "--activate"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "nothing left to activate");
     // The SVID issued before the rotation still verifies with the new bundle.
     let pem_bundle = mesh_ca(&["bundle", "--dir", path(&ca)]);
+    assert_eq!(
+        mesh_ca::pem::parse_certs("bundle", &pem_bundle)
+            .unwrap()
+            .len(),
+        2
+    );
     let (ok, msg) = common::openssl_verify(tmp.path(), &pem_bundle, &chain, &read("cert.pem"));
     assert!(ok, "old SVID under the rotated bundle: {msg}");
 }

@@ -305,3 +305,100 @@ async fn rsa_2048_csr_from_openssl_is_signed() {
     );
     assert!(ok, "openssl verify: {out}");
 }
+
+#[tokio::test]
+async fn two_step_root_rotation_reaches_workloads_without_breaking_tls() {
+    use mesh_ca::server::serve_with_reload;
+    mesh_ca::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = InitOptions::new("cluster.local");
+    opts.intermediate = true;
+    let ca = CertificateAuthority::init(dir.path(), &opts, IssuePolicy::default()).unwrap();
+    let root1 = ca.trust_bundle().roots_pem()[0].clone();
+    let tokens = Arc::new(JoinTokens::load_or_create(dir.path()).unwrap());
+    let token = tokens.create(&id(), Duration::from_secs(600), true);
+    let auth = Authenticator::default().with_join_tokens(tokens);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ca_dir = dir.path().to_path_buf();
+    let server = tokio::spawn(async move {
+        let load =
+            move || CertificateAuthority::load(&ca_dir, None, IssuePolicy::default()).map(Arc::new);
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        serve_with_reload(
+            load,
+            auth,
+            CaMetrics::default(),
+            listener,
+            ServeOptions::default(),
+            reloads,
+            shutdown,
+        )
+        .await
+    });
+    let client = CaClient::new(CaClientConfig {
+        endpoint,
+        ca_roots_pem: root1.clone(),
+        server_name: "mesh-ca".into(),
+        credential: Credential::JoinToken(token),
+        spiffe_id: id(),
+        ttl: None,
+    });
+    let root_of = |c: &mesh_ca::WorkloadCert| mesh_ca::pem::cert_pem(c.chain.last().unwrap());
+
+    let first = client.request(None).await.unwrap();
+    assert_eq!(root_of(&first), root1);
+
+    // Step 1: the new root joins the bundle; signing is unchanged.
+    CertificateAuthority::prepare_root_rotation(dir.path(), IssuePolicy::default()).unwrap();
+    reload.send(()).await.unwrap();
+    let mut second = client.request(Some(&first)).await.unwrap();
+    for _ in 0..100 {
+        if second.roots.roots().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        second = client.request(Some(&second)).await.unwrap();
+    }
+    assert_eq!(
+        second.roots.roots().len(),
+        2,
+        "workload learnt the new root"
+    );
+    assert_eq!(root_of(&second), root1, "still signed under the old root");
+
+    // Step 2: the new root signs; the client follows because it learnt it.
+    CertificateAuthority::activate_root_rotation(dir.path(), IssuePolicy::default()).unwrap();
+    reload.send(()).await.unwrap();
+    let mut third = client.request(Some(&second)).await.unwrap();
+    for _ in 0..100 {
+        if root_of(&third) != root1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        third = client.request(Some(&third)).await.unwrap();
+    }
+    assert_ne!(root_of(&third), root1, "signed under the new root");
+    // SVIDs from before and after the rotation both verify with the bundle.
+    let tmp = tempfile::tempdir().unwrap();
+    for cert in [&first, &third] {
+        let chain: Vec<String> = cert
+            .chain
+            .iter()
+            .map(|c| mesh_ca::pem::cert_pem(c))
+            .collect();
+        let (ok, out) = common::openssl_verify(
+            tmp.path(),
+            &third.roots.pem(),
+            &chain[1..].concat(),
+            &chain[0],
+        );
+        assert!(ok, "openssl verify: {out}");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
