@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod bootstrap;
 pub mod inject;
+pub mod manifest;
 pub mod resources;
 pub mod status;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Bootstrap(bootstrap::Args),
     /// Add the sidecar to Kubernetes workloads (YAML in, YAML out).
     Inject(inject::Args),
+    /// Print the Kubernetes objects the mesh installs.
+    Manifest(manifest::Args),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -48,5 +51,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::ProxyStatus(a) => status::run(a).await,
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Inject(a) => inject::run(a),
+        Command::Manifest(a) => manifest::run(a),
     }
 }
