@@ -38,11 +38,7 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<NewObject>, Vec<String>> {
 
 /// The model's per-resource validation, as `path: message` strings.
 fn validate(res: &Resource) -> Vec<String> {
-    let mut out = Vec::new();
-    if res.name().is_empty() {
-        out.push("metadata.name: required".to_string());
-    }
-    out
+    res.validate().iter().map(|e| e.to_string()).collect()
 }
 
 /// The store key of a resource.
@@ -71,7 +67,7 @@ mod tests {
 
     #[test]
     fn multi_doc_yaml_becomes_objects_with_default_namespace() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: x}\nspec: {host: b}\n";
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: x}\nspec: {host: b}\n";
         let objs = parse(text, "t.yaml").unwrap();
         assert_eq!(objs.len(), 2);
         assert_eq!(objs[0].key.namespace, "default");
@@ -81,11 +77,18 @@ mod tests {
 
     #[test]
     fn invalid_document_rejects_the_whole_batch_with_field_paths() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec: {hostz: [a]}\n";
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec: {hostz: [a]}\n";
         let errs = parse(text, "t.yaml").unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("t.yaml#2"), "{errs:?}");
         assert!(errs[0].contains("hostz"), "{errs:?}");
+    }
+
+    #[test]
+    fn model_validation_rejects_with_field_paths() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - {destination: {host: a}, weight: 70}\n    - {destination: {host: b}, weight: 20}\n";
+        let errs = parse(text, "t.yaml").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("spec.http[0]")), "{errs:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use mesh_control::config::Config;
 const DOCS: &str = "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: default}
-spec: {hosts: [reviews]}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -16,6 +16,7 @@ use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -41,6 +42,10 @@ struct Args {
     /// meshd's debounce.
     #[arg(long, default_value = "100ms")]
     debounce: String,
+    /// Internal: run only the simulated proxies against this xDS address
+    /// (the parent process runs meshd, so its RSS is meshd's alone).
+    #[arg(long, hide = true)]
+    clients_of: Option<String>,
 }
 
 fn service_entry(i: usize, endpoints: usize, salt: u32) -> String {
@@ -68,6 +73,57 @@ enum Event {
     Ready(usize, Instant),
     /// Saw the watched resource name.
     Saw(usize, Instant),
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Child side: run the proxies, print `R|S <id> <unix-nanos>` per event,
+/// read `T <type-url> <name>` targets from stdin.
+async fn run_clients(args: &Args, addr: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let (target_tx, target_rx) = watch::channel(None);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    for id in 0..args.proxies {
+        let ch = channels[id % channels.len()].clone();
+        let (t, e) = (target_rx.clone(), ev_tx.clone());
+        tokio::spawn(async move {
+            if let Err(err) = client(id, ch, t, e).await {
+                eprintln!("client {id}: {err:#}");
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut parts = line.splitn(3, ' ');
+            if let (Some("T"), Some(t), Some(n)) = (parts.next(), parts.next(), parts.next()) {
+                target_tx.send_replace(Some((t.to_string(), n.to_string())));
+            }
+        }
+    });
+    while let Some(ev) = ev_rx.recv().await {
+        let now = Instant::now();
+        let (tag, id, at) = match ev {
+            Event::Ready(id, at) => ("R", id, at),
+            Event::Saw(id, at) => ("S", id, at),
+        };
+        let nanos = unix_nanos() - now.saturating_duration_since(at).as_nanos();
+        println!("{tag} {id} {nanos}");
+    }
+    Ok(())
 }
 
 async fn client(
@@ -211,6 +267,9 @@ async fn wait_all(
 async fn main() -> anyhow::Result<()> {
     mesh_control::install_crypto_provider();
     let args = Args::parse();
+    if let Some(addr) = args.clients_of.clone() {
+        return run_clients(&args, &addr).await;
+    }
     let dir = std::env::temp_dir().join(format!("meshd-bench-{}", std::process::id()));
     let config = Config::parse_from([
         "meshd",
@@ -242,14 +301,6 @@ async fn main() -> anyhow::Result<()> {
         args.services, args.endpoints
     );
 
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", meshd.xds_addr))?
-                .connect()
-                .await?,
-        );
-    }
     // Record when each snapshot is published, to measure pushes from there.
     let publications = Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
     {
@@ -263,18 +314,45 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let (target_tx, target_rx) = watch::channel(None);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let started = Instant::now();
-    for id in 0..args.proxies {
-        let ch = channels[id % channels.len()].clone();
-        let (t, e) = (target_rx.clone(), ev_tx.clone());
-        tokio::spawn(async move {
-            if let Err(err) = client(id, ch, t, e).await {
-                eprintln!("client {id}: {err:#}");
-            }
-        });
-    }
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--clients-of",
+            &meshd.xds_addr.to_string(),
+            "--proxies",
+            &args.proxies.to_string(),
+            "--connections",
+            &args.connections.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the client process")?;
+    let mut child_in = child.stdin.take().context("child stdin")?;
+    let child_out = child.stdout.take().context("child stdout")?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child_out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let p: Vec<&str> = line.split(' ').collect();
+            let (Some(tag), Some(id), Some(nanos)) = (p.first(), p.get(1), p.get(2)) else {
+                continue;
+            };
+            let (Ok(id), Ok(nanos)) = (id.parse::<usize>(), nanos.parse::<u128>()) else {
+                continue;
+            };
+            let ago = Duration::from_nanos(unix_nanos().saturating_sub(nanos) as u64);
+            let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            let ev = if *tag == "R" {
+                Event::Ready(id, at)
+            } else {
+                Event::Saw(id, at)
+            };
+            let _ = ev_tx.send(ev);
+        }
+    });
     let ready = wait_all(&mut ev_rx, args.proxies, true).await?;
     let initial = ready
         .iter()
@@ -287,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
         initial.as_secs_f64() * 1000.0
     );
     println!(
-        "RSS with proxies connected: {:.0} MB (includes the simulated clients)",
+        "meshd RSS with the proxies connected: {:.0} MB (clients run in a child process)",
         rss_mb()
     );
 
@@ -297,7 +375,10 @@ async fn main() -> anyhow::Result<()> {
         args.services,
         args.services % 20
     );
-    target_tx.send_replace(Some((CDS.to_string(), new_cluster)));
+    child_in
+        .write_all(format!("T {CDS} {new_cluster}\n").as_bytes())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let version_before = builder.current().version;
     let applied = Instant::now();
     let objs =
@@ -327,7 +408,10 @@ async fn main() -> anyhow::Result<()> {
 
     // One endpoint of one service changes.
     let cluster = "outbound|80||svc-0.ns-0.svc.cluster.local".to_string();
-    target_tx.send_replace(Some((EDS.to_string(), cluster)));
+    child_in
+        .write_all(format!("T {EDS} {cluster}\n").as_bytes())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let version_before = builder.current().version;
     let applied = Instant::now();
     let objs = mesh_control::documents::parse(&service_entry(0, args.endpoints, 7), "bench")
@@ -357,7 +441,8 @@ async fn main() -> anyhow::Result<()> {
             .as_secs_f64()
             * 1000.0
     );
-    println!("final RSS: {:.0} MB", rss_mb());
+    println!("final meshd RSS: {:.0} MB", rss_mb());
+    child.kill().await.ok();
     drop(meshd);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -250,7 +250,7 @@ impl ConfigStore for FilesStore {
 mod tests {
     use super::*;
 
-    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\n  namespace: default\nspec:\n  hosts: [reviews]\n";
+    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\n  namespace: default\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
 
     #[tokio::test]
     async fn files_dir_is_listed_and_read_only() {

@@ -75,12 +75,19 @@ pub fn pack<T: Message + Name>(msg: &T) -> Generated {
 
 /// A version for a whole set of resources (SotW `version_info`).
 pub fn set_version(resources: &BTreeMap<String, Generated>) -> String {
-    let mut h = Vec::with_capacity(resources.len() * 24);
+    set_version_of(resources.iter())
+}
+
+/// [`set_version`] over any (name, resource) sequence, without collecting it.
+pub fn set_version_of<'a>(resources: impl Iterator<Item = (&'a String, &'a Generated)>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (name, g) in resources {
-        h.extend_from_slice(name.as_bytes());
-        h.extend_from_slice(g.version.as_bytes());
+        for b in name.bytes().chain(g.version.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
-    format!("{:016x}", fnv64(&h))
+    format!("{h:016x}")
 }
 
 fn fnv64(bytes: &[u8]) -> u64 {

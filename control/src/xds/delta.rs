@@ -18,6 +18,8 @@ use crate::translate::{self, PUSH_ORDER, ProxyConfig, short_type};
 
 #[derive(Debug, Default)]
 struct TypeState {
+    /// A response of this type awaits its ACK/NACK.
+    pending: bool,
     subscribed: bool,
     wildcard: bool,
     names: BTreeSet<String>,
@@ -33,6 +35,7 @@ struct Conn {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     types: HashMap<&'static str, TypeState>,
     snapshot_version: u64,
+    slot: super::PushSlot,
 }
 
 /// Serves one delta stream until the client leaves.
@@ -64,6 +67,7 @@ pub async fn run(
         tx,
         types: HashMap::new(),
         snapshot_version: snapshot.version,
+        slot: super::PushSlot::new(state.push_slots.clone()),
     };
     let mut pending = Some(first);
     loop {
@@ -74,6 +78,10 @@ pub async fn run(
                     Ok(Some(r)) => r,
                     _ => break,
                 },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if c.slot.is_held() => {
+                    c.slot.expire();
+                    continue;
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         break;
@@ -120,6 +128,7 @@ impl Conn {
             t.client = req.initial_resource_versions.clone();
             t.wildcard = req.resource_names_subscribe.is_empty() && wildcard_by_default(ty);
         } else if t.sent_nonce.as_deref() == Some(req.response_nonce.as_str()) {
+            t.pending = false;
             let version = t.sent_version.clone().unwrap_or_default();
             if let Some(err) = &req.error_detail {
                 tracing::warn!(conn = self.conn, r#type = short_type(ty), error = %err.message, "proxy rejected delta config (NACK)");
@@ -132,6 +141,10 @@ impl Conn {
             }
         }
         let mut changed = first;
+        if !self.types.values().any(|t| t.pending) {
+            self.slot.release();
+        }
+        let t = self.types.entry(ty).or_default();
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 t.wildcard = true;
@@ -193,6 +206,8 @@ impl Conn {
         if resources.is_empty() && removed.is_empty() && t.sent_nonce.is_some() {
             return Ok(());
         }
+        self.slot.acquire().await;
+        t.pending = true;
         for r in &resources {
             t.client.insert(r.name.clone(), r.version.clone());
         }
@@ -200,12 +215,8 @@ impl Conn {
             t.client.remove(n);
         }
         let nonce = self.state.nonce();
-        let selected: std::collections::BTreeMap<String, translate::Generated> = all
-            .iter()
-            .filter(|(n, _)| wanted(n))
-            .map(|(n, g)| (n.clone(), g.clone()))
-            .collect();
-        let version = translate::set_version(&selected);
+        let version = translate::set_version_of(all.iter().filter(|(n, _)| wanted(n)));
+        let count = all.keys().filter(|n| wanted(n)).count();
         t.sent_nonce = Some(nonce.clone());
         t.sent_version = Some(version.clone());
         self.state.status.sent(
@@ -213,7 +224,7 @@ impl Conn {
             ty,
             &version,
             &nonce,
-            selected.len(),
+            count,
             self.snapshot_version,
         );
         self.state.metrics.pushed(short_type(ty));

@@ -16,7 +16,9 @@ use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
     },
 };
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,7 +37,65 @@ type ConfigCache = (
 
 /// How many responses may wait for a slow client before its stream task
 /// blocks (only that task).
-const STREAM_BUFFER: usize = 8;
+const STREAM_BUFFER: usize = 4;
+
+/// Streams that may have un-ACKed responses in flight at once (Istio's
+/// push throttle): bounds the memory a mass push holds in send buffers.
+pub const PUSH_CONCURRENCY: usize = 100;
+
+/// A stream that does not ACK within this time gives its push slot back.
+pub const PUSH_SLOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stream's share of [`PUSH_CONCURRENCY`]: taken before a response is
+/// built, given back when every response of the stream is ACKed or NACKed
+/// (or after [`PUSH_SLOT_TIMEOUT`], or when the stream ends).
+#[derive(Debug)]
+pub struct PushSlot {
+    sem: Arc<Semaphore>,
+    held: Option<(OwnedSemaphorePermit, Instant)>,
+}
+
+impl PushSlot {
+    /// A slot drawing on `sem`.
+    pub fn new(sem: Arc<Semaphore>) -> Self {
+        Self { sem, held: None }
+    }
+
+    /// Waits for a slot unless this stream holds one.
+    pub async fn acquire(&mut self) {
+        if self.held.is_none() {
+            // The semaphore is never closed, so acquiring cannot fail.
+            self.held = self
+                .sem
+                .clone()
+                .acquire_owned()
+                .await
+                .ok()
+                .map(|p| (p, Instant::now()));
+        }
+    }
+
+    /// Gives the slot back.
+    pub fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// Whether a slot is held.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Gives the slot back if held for longer than [`PUSH_SLOT_TIMEOUT`].
+    pub fn expire(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, t)| t.elapsed() > PUSH_SLOT_TIMEOUT)
+        {
+            self.held = None;
+        }
+    }
+}
 
 /// What every stream shares.
 #[derive(Debug)]
@@ -51,6 +111,8 @@ pub struct XdsState {
     next_conn: AtomicU64,
     next_nonce: AtomicU64,
     cache: Mutex<ConfigCache>,
+    /// Push slots (see [`PushSlot`]).
+    pub push_slots: Arc<Semaphore>,
 }
 
 impl XdsState {
@@ -69,6 +131,7 @@ impl XdsState {
             next_conn: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
             cache: Mutex::new((0, HashMap::new())),
+            push_slots: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
         })
     }
 

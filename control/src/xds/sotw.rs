@@ -3,7 +3,7 @@
 //! hashes, so a reconnecting proxy that already has the current version is
 //! not sent it again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,8 @@ use crate::translate::{self, Generated, PUSH_ORDER, ProxyConfig, short_type};
 
 #[derive(Debug, Default)]
 struct TypeState {
+    /// A response of this type awaits its ACK/NACK.
+    pending: bool,
     subscribed: bool,
     wildcard: bool,
     names: BTreeSet<String>,
@@ -30,6 +32,7 @@ struct Conn {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     types: HashMap<&'static str, TypeState>,
     snapshot_version: u64,
+    slot: super::PushSlot,
 }
 
 /// Serves one SotW stream until the client leaves.
@@ -65,6 +68,7 @@ pub async fn run(
         tx,
         types: HashMap::new(),
         snapshot_version: snapshot.version,
+        slot: super::PushSlot::new(state.push_slots.clone()),
     };
     let mut pending = Some(first);
     loop {
@@ -79,6 +83,10 @@ pub async fn run(
                         break;
                     }
                 },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if c.slot.is_held() => {
+                    c.slot.expire();
+                    continue;
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         break;
@@ -103,6 +111,13 @@ pub async fn run(
 }
 
 impl Conn {
+    /// Gives the push slot back once nothing awaits an ACK.
+    fn settle(&mut self) {
+        if !self.types.values().any(|t| t.pending) {
+            self.slot.release();
+        }
+    }
+
     async fn push_all(&mut self, config: &ProxyConfig) -> Result<(), ()> {
         for ty in PUSH_ORDER {
             if self.types.get(ty).is_some_and(|t| t.subscribed) {
@@ -124,6 +139,7 @@ impl Conn {
                 // A reply to an older response: the newer one is in flight.
                 return Ok(());
             }
+            t.pending = false;
             if let Some(err) = &req.error_detail {
                 let version = t.sent_version.clone().unwrap_or_default();
                 tracing::warn!(conn = self.conn, r#type = short_type(ty), %version, error = %err.message, "proxy rejected config (NACK); it keeps its last good config");
@@ -132,11 +148,13 @@ impl Conn {
                     .nacked(self.conn, ty, &version, &err.message);
                 self.state.metrics.rejected(short_type(ty));
                 t.names = names;
+                self.settle();
                 return Ok(());
             }
             self.state.status.acked(self.conn, ty, &req.version_info);
             let changed = !t.wildcard && t.names != names;
             t.names = names;
+            self.settle();
             if changed {
                 return self.send(config, ty, false).await;
             }
@@ -147,7 +165,7 @@ impl Conn {
         t.wildcard = (names.is_empty() && wildcard_by_default(ty)) || names.contains("*");
         t.names = names;
         if !req.version_info.is_empty() {
-            let current = translate::set_version(&select(config, ty, t));
+            let current = translate::set_version_of(selected(config, ty, t));
             if current == req.version_info {
                 t.sent_version = Some(current.clone());
                 self.state.status.acked(self.conn, ty, &current);
@@ -164,18 +182,23 @@ impl Conn {
         force: bool,
     ) -> Result<(), ()> {
         let t = self.types.entry(ty).or_default();
-        let resources = select(config, ty, t);
-        let version = translate::set_version(&resources);
+        // Hash first, copy only if something is to be sent.
+        let version = translate::set_version_of(selected(config, ty, t));
         if !force && t.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
+        self.slot.acquire().await;
+        t.pending = true;
+        let resources: Vec<_> = selected(config, ty, t)
+            .map(|(_, g)| g.any.clone())
+            .collect();
         let nonce = self.state.nonce();
         t.sent_version = Some(version.clone());
         t.sent_nonce = Some(nonce.clone());
         let count = resources.len();
         let resp = DiscoveryResponse {
             version_info: version.clone(),
-            resources: resources.into_values().map(|g| g.any).collect(),
+            resources,
             type_url: ty.to_string(),
             nonce: nonce.clone(),
             ..Default::default()
@@ -193,15 +216,18 @@ impl Conn {
     }
 }
 
-fn select(config: &ProxyConfig, ty: &str, t: &TypeState) -> BTreeMap<String, Generated> {
+/// The resources of `ty` a subscription covers, in name order.
+fn selected<'a>(
+    config: &'a ProxyConfig,
+    ty: &str,
+    t: &'a TypeState,
+) -> Box<dyn Iterator<Item = (&'a String, &'a Generated)> + 'a> {
     let Some(all) = config.get(ty) else {
-        return BTreeMap::new();
+        return Box::new(std::iter::empty());
     };
     if t.wildcard {
-        return all.clone();
+        Box::new(all.iter())
+    } else {
+        Box::new(t.names.iter().filter_map(move |n| all.get_key_value(n)))
     }
-    t.names
-        .iter()
-        .filter_map(|n| all.get(n).map(|g| (n.clone(), g.clone())))
-        .collect()
 }
