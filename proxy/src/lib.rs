@@ -3,10 +3,13 @@
 //! config ([`config`]) and serves traffic from the latest accepted snapshot.
 //! The binary in `src/main.rs` only parses flags.
 
+pub mod admin;
+pub mod agent;
 pub mod config;
 pub mod http;
 pub mod lb;
 pub mod listener;
+pub mod metrics;
 pub mod runtime;
 pub mod tcp;
 pub mod xds;

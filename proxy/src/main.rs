@@ -1,12 +1,191 @@
-use clap::Parser;
+//! `mesh-proxy`: parses flags (or environment) and calls the library.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_proxy::agent::{AgentConfig, run};
+use mesh_proxy::xds::{NodeIdentity, XdsMode};
 
 /// mesh-proxy: the mesh's sidecar proxy.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-proxy", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(Box<RunArgs>),
+    /// Write (or print with --dry-run, or remove with --cleanup) the
+    /// iptables interception rules in the current network namespace.
+    Init(mesh_intercept::InitArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Incremental ADS.
+    Delta,
+    /// State-of-the-world ADS.
+    Sotw,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[allow(clippy::upper_case_acronyms)]
+enum Interception {
+    /// iptables REDIRECT.
+    REDIRECT,
+    /// iptables TPROXY.
+    TPROXY,
+    /// No interception (explicit mode).
+    NONE,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Control plane xDS address.
+    #[arg(long, env = "XDS_ADDRESS", default_value = "http://127.0.0.1:15010")]
+    xds_address: String,
+    /// ADS variant.
+    #[arg(long, env = "XDS_MODE", value_enum, default_value_t = Mode::Delta)]
+    xds_mode: Mode,
+    /// Node id (derived Istio-style when empty).
+    #[arg(long, env = "NODE_ID", default_value = "")]
+    node_id: String,
+    /// Namespace of the workload.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Service account of the workload.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// Workload name.
+    #[arg(long, env = "WORKLOAD_NAME", default_value = "")]
+    workload_name: String,
+    /// Labels, `k=v,k2=v2`.
+    #[arg(long, env = "LABELS", default_value = "")]
+    labels: String,
+    /// Service name.
+    #[arg(long, env = "SERVICE_NAME", default_value = "")]
+    service_name: String,
+    /// Service ports, `http:9080,tcp:3306`.
+    #[arg(long, env = "SERVICE_PORTS", default_value = "")]
+    service_ports: String,
+    /// Instance IP(s), comma separated.
+    #[arg(long, env = "INSTANCE_IP", default_value = "127.0.0.1")]
+    instance_ip: String,
+    /// Cluster id.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Interception mode.
+    #[arg(long, env = "INTERCEPTION_MODE", value_enum, default_value_t = Interception::REDIRECT)]
+    interception_mode: Interception,
+    /// Admin port (127.0.0.1 only).
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 15000)]
+    admin_port: u16,
+    /// Outbound capture port.
+    #[arg(long, env = "OUTBOUND_PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound capture port.
+    #[arg(long, env = "INBOUND_PORT", default_value_t = 15006)]
+    inbound_port: u16,
+    /// Health port.
+    #[arg(long, env = "HEALTH_PORT", default_value_t = 15021)]
+    health_port: u16,
+    /// Prometheus port.
+    #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 15090)]
+    prometheus_port: u16,
+    /// Seconds SIGTERM waits for open connections.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 5)]
+    drain_timeout: u64,
+    /// CA address (not used yet: mTLS is not implemented in this version).
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Join token for the CA (not used yet).
+    #[arg(long, env = "JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Service-account token path for the CA (not used yet).
+    #[arg(long, env = "TOKEN_PATH")]
+    token_path: Option<String>,
+    /// Trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// `LOG_FORMAT=json` for JSON logs.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    s.split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .with_context(|| format!("--labels: {kv:?} is not k=v"))
+        })
+        .collect()
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     mesh_proxy::install_crypto_provider();
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(args) => {
+            print!("{}", mesh_intercept::run_init(&args)?);
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_tracing(args.log_format == "json");
+            if args.ca_address.is_some() || args.join_token.is_some() || args.token_path.is_some() {
+                tracing::warn!(
+                    "CA flags are accepted but mTLS is not implemented yet; traffic stays plaintext"
+                );
+            }
+            let node = NodeIdentity {
+                id: args.node_id.clone(),
+                namespace: args.namespace.clone(),
+                service_account: args.service_account.clone(),
+                workload_name: args.workload_name.clone(),
+                labels: parse_labels(&args.labels)?,
+                instance_ips: args.instance_ip.split(',').map(str::to_owned).collect(),
+                cluster_id: args.cluster_id.clone(),
+                service_name: args.service_name.clone(),
+                service_ports: args.service_ports.clone(),
+                interception_mode: format!("{:?}", args.interception_mode),
+            };
+            let mode = match args.xds_mode {
+                Mode::Delta => XdsMode::Delta,
+                Mode::Sotw => XdsMode::Sotw,
+            };
+            let mut cfg = AgentConfig::new(args.xds_address.clone(), node, mode);
+            cfg.admin.set_port(args.admin_port);
+            cfg.health.set_port(args.health_port);
+            cfg.prometheus.set_port(args.prometheus_port);
+            cfg.outbound_port = args.outbound_port;
+            cfg.inbound_port = args.inbound_port;
+            cfg.drain_timeout = Duration::from_secs(args.drain_timeout);
+            cfg.principal = format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                args.trust_domain, args.namespace, args.service_account
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run(cfg))?;
+            Ok(())
+        }
+    }
 }

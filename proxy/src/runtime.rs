@@ -1,13 +1,35 @@
-//! State shared by every connection: the config receiver and the
-//! per-cluster balancer and client state that outlives config snapshots.
+//! State shared by every connection: the config receiver, the per-cluster
+//! balancer and client state that outlives config snapshots, metrics, the
+//! workload's identity and drain bookkeeping.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::http::upstream::Upstreams;
 use crate::lb::Balancers;
+use crate::metrics::Metrics;
+
+/// Who the proxy serves, for metric labels.
+#[derive(Debug, Clone)]
+pub struct WorkloadInfo {
+    /// Workload name.
+    pub workload: String,
+    /// SPIFFE ID of the workload, `unknown` without one.
+    pub principal: String,
+}
+
+impl Default for WorkloadInfo {
+    fn default() -> Self {
+        Self {
+            workload: "unknown".into(),
+            principal: "unknown".into(),
+        }
+    }
+}
 
 /// Shared data-path state.
 #[derive(Debug)]
@@ -18,15 +40,66 @@ pub struct Shared {
     pub balancers: Balancers,
     /// Pooled upstream HTTP clients by cluster.
     pub upstreams: Upstreams,
+    /// Istio metrics.
+    pub metrics: Metrics,
+    /// This workload.
+    pub workload: WorkloadInfo,
+    /// Set to true to stop accepting (SIGTERM drain).
+    pub draining: watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one open downstream connection while alive.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
-    /// Shared state reading config from `config`.
+    /// Shared state reading config from `config`, with an unknown workload.
     pub fn new(config: watch::Receiver<Arc<ProxyConfig>>) -> Arc<Self> {
+        Self::with_workload(config, WorkloadInfo::default())
+    }
+
+    /// Shared state for a known workload.
+    pub fn with_workload(
+        config: watch::Receiver<Arc<ProxyConfig>>,
+        workload: WorkloadInfo,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             balancers: Balancers::default(),
             upstreams: Upstreams::default(),
+            metrics: Metrics::default(),
+            workload,
+            draining: watch::Sender::new(false),
+            active: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Marks a downstream connection open until the guard drops.
+    pub fn connection_guard(&self) -> ConnectionGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.active.clone())
+    }
+
+    /// Open downstream connections.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, then waits until open connections finish or
+    /// `timeout` passes. Returns the connections still open.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.active_connections()
     }
 }

@@ -9,6 +9,7 @@ use tracing::{debug, info};
 
 use crate::config::{Discovery, ProxyConfig, TcpProxy};
 use crate::http::router::pick_cluster;
+use crate::metrics::TcpLabels;
 use crate::runtime::Shared;
 
 /// Proxies one connection to the TCP proxy's cluster.
@@ -19,9 +20,39 @@ pub async fn proxy(
     shared: &Shared,
     peer: SocketAddr,
     dst: SocketAddr,
+    inbound: bool,
 ) {
     let (cluster_name, _) = pick_cluster(&tp.target, |total| rand::rng().random_range(0..total));
+    let labels = |flag: &str| {
+        let unknown = || "unknown".to_owned();
+        let (reporter, sw, sp, dw) = if inbound {
+            (
+                "destination",
+                unknown(),
+                unknown(),
+                shared.workload.workload.clone(),
+            )
+        } else {
+            (
+                "source",
+                shared.workload.workload.clone(),
+                shared.workload.principal.clone(),
+                unknown(),
+            )
+        };
+        TcpLabels {
+            reporter: reporter.into(),
+            source_workload: sw,
+            source_principal: sp,
+            destination_service: crate::metrics::service_of_cluster(cluster_name),
+            destination_workload: dw,
+            response_flags: flag.into(),
+            connection_security_policy: "none".into(),
+        }
+    };
+    shared.metrics.tcp_opened(&labels("-"));
     let log = |flag: &str, upstream: Option<SocketAddr>, sent: u64, received: u64| {
+        shared.metrics.tcp_closed(&labels(flag), sent, received);
         info!(
             target: "access_log",
             protocol = "tcp",

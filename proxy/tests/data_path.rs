@@ -163,6 +163,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
 }
 
 struct Env {
+    shared: Arc<Shared>,
     ads: FakeAds,
     rx: watch::Receiver<Arc<ProxyConfig>>,
     http: SocketAddr,
@@ -273,7 +274,13 @@ async fn setup() -> Env {
     .await
     .expect("config applied")
     .unwrap();
-    Env { ads, rx, http, tcp }
+    Env {
+        shared,
+        ads,
+        rx,
+        http,
+        tcp,
+    }
 }
 
 async fn get(
@@ -391,4 +398,59 @@ async fn route_change_applies_to_new_requests_without_dropping_in_flight_ones() 
     assert!(body.starts_with("v2 /after"), "{body}");
     let (s, body, _) = slow.await.unwrap();
     assert_eq!((s, body.starts_with("v1 /slow")), (200, true), "{body}");
+}
+
+async fn serve_role(shared: &Arc<Shared>, role: mesh_proxy::admin::Role) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(mesh_proxy::admin::serve(l, role, shared.clone()));
+    addr
+}
+
+#[tokio::test]
+async fn admin_health_and_prometheus_report_config_endpoints_and_istio_metrics() {
+    use mesh_proxy::admin::Role;
+    let env = setup().await;
+    get(env.http, "reviews", "/products", &[]).await;
+    get(env.http, "reviews", "/nohost", &[]).await;
+    let admin = serve_role(&env.shared, Role::Admin).await;
+    let health = serve_role(&env.shared, Role::Health).await;
+    let prom = serve_role(&env.shared, Role::Prometheus).await;
+
+    let (s, dump, _) = get(admin, "localhost", "/config_dump", &[]).await;
+    assert_eq!(s, 200);
+    let json: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert!(json["clusters"]["v1"].is_object(), "{dump}");
+    assert_eq!(json["versions"][RDS()]["9080"], "r1");
+    let (_, clusters, _) = get(admin, "localhost", "/clusters", &[]).await;
+    assert!(clusters.contains("empty::127.0.0.1:"), "{clusters}");
+    assert!(
+        clusters.contains("::health_flags::unhealthy::"),
+        "{clusters}"
+    );
+    assert_eq!(get(health, "localhost", "/healthz/ready", &[]).await.0, 200);
+    assert_eq!(get(health, "localhost", "/config_dump", &[]).await.0, 404);
+
+    let (_, text, _) = get(prom, "localhost", "/stats/prometheus", &[]).await;
+    assert!(
+        text.contains("istio_requests_total{reporter=\"source\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("response_code=\"503\",response_flags=\"UH\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("istio_request_duration_milliseconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn drain_stops_accepting_new_connections() {
+    let env = setup().await;
+    assert_eq!(env.shared.drain(Duration::from_secs(2)).await, 0);
+    // Give the accept loop a moment to observe the drain and drop its socket.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(tokio::net::TcpStream::connect(env.http).await.is_err());
 }

@@ -136,6 +136,9 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Chain used when none matches.
     pub default_filter_chain: Option<FilterChain>,
+    /// Inbound traffic (`traffic_direction: INBOUND`, or the listener named
+    /// `virtualInbound`): metrics report as `destination`.
+    pub inbound: bool,
 }
 
 impl TryFrom<xl::Listener> for Listener {
@@ -166,7 +169,7 @@ impl TryFrom<xl::Listener> for Listener {
             freebind,
             socket_options,
             tcp_fast_open_queue_length,
-            traffic_direction: _informational_direction,
+            traffic_direction,
             udp_listener_config,
             api_listener,
             connection_balance_config,
@@ -208,7 +211,10 @@ impl TryFrom<xl::Listener> for Listener {
         if filter_chains.is_empty() && default_filter_chain.is_none() {
             return Err(ctx.missing("filter_chains"));
         }
+        let inbound =
+            traffic_direction == xc::TrafficDirection::Inbound as i32 || name == "virtualInbound";
         Ok(Listener {
+            inbound,
             name,
             address,
             use_original_dst: use_original_dst.is_some_and(|b| b.value),

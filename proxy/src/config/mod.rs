@@ -42,7 +42,7 @@ pub use tls::{DownstreamTls, UpstreamTls};
 /// One immutable view of everything the proxy was configured with. The xDS
 /// client publishes a new `Arc<ProxyConfig>` per accepted update; a
 /// connection or request keeps the snapshot it started with.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProxyConfig {
     /// Listeners by name (LDS).
     pub listeners: BTreeMap<String, Arc<Listener>>,

@@ -48,6 +48,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Original destination.
     pub dst: SocketAddr,
+    /// Inbound listener (metrics report as `destination`).
+    pub inbound: bool,
 }
 
 /// Serves one downstream connection with an HTTP connection manager.
@@ -90,6 +92,13 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let authority = authority(&req);
+    // Content-Length only: streamed bodies count as 0 (see docs/proxy.md).
+    let request_bytes = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut out = Outcome::default();
     let resp = route_request(req, hcm, &config, shared, info, &authority, &mut out).await;
     info!(
@@ -106,7 +115,60 @@ async fn handle(
         duration_ms = started.elapsed().as_millis() as u64,
         "request"
     );
+    let size = |h: &http::HeaderMap| {
+        h.get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let labels = request_labels(shared, info, &out, resp.status().as_u16());
+    shared.metrics.record_request(
+        &labels,
+        started.elapsed().as_secs_f64() * 1000.0,
+        request_bytes,
+        size(resp.headers()),
+    );
     resp
+}
+
+fn request_labels(
+    shared: &Shared,
+    info: &ConnInfo,
+    out: &Outcome,
+    status: u16,
+) -> crate::metrics::RequestLabels {
+    let unknown = || "unknown".to_owned();
+    let service = if out.cluster.is_empty() {
+        unknown()
+    } else {
+        crate::metrics::service_of_cluster(&out.cluster)
+    };
+    let (reporter, source_workload, source_principal, destination_workload) = if info.inbound {
+        (
+            "destination",
+            unknown(),
+            unknown(),
+            shared.workload.workload.clone(),
+        )
+    } else {
+        (
+            "source",
+            shared.workload.workload.clone(),
+            shared.workload.principal.clone(),
+            unknown(),
+        )
+    };
+    crate::metrics::RequestLabels {
+        reporter: reporter.into(),
+        source_workload,
+        source_principal,
+        destination_service: service,
+        destination_workload,
+        response_code: status.to_string(),
+        response_flags: out.flag.map_or("-", ResponseFlag::code).into(),
+        // No mTLS yet: all traffic is plaintext.
+        connection_security_policy: "none".into(),
+    }
 }
 
 fn authority(req: &Request<Incoming>) -> String {

@@ -71,8 +71,16 @@ fn needs_detection(l: &Listener) -> bool {
 /// Serves one listener (by name) on an already bound socket. Each
 /// connection uses the listener config current when it was accepted.
 pub async fn serve(tcp: TcpListener, name: String, shared: Arc<Shared>) {
+    let mut draining = shared.draining.subscribe();
     loop {
-        let (stream, peer) = match tcp.accept().await {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            _ = draining.wait_for(|d| *d) => {
+                info!(listener = %name, "draining: no longer accepting");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(error) => {
                 warn!(listener = %name, %error, "accept failed");
@@ -81,7 +89,12 @@ pub async fn serve(tcp: TcpListener, name: String, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(handle(stream, peer, name.clone(), shared.clone()));
+        let guard = shared.connection_guard();
+        let (name, shared) = (name.clone(), shared.clone());
+        tokio::spawn(async move {
+            handle(stream, peer, name, shared).await;
+            drop(guard);
+        });
     }
 }
 
@@ -125,18 +138,25 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
                 stream,
                 Arc::new(hcm.clone()),
                 shared,
-                crate::http::ConnInfo { peer, dst },
+                crate::http::ConnInfo {
+                    peer,
+                    dst,
+                    inbound: listener.inbound,
+                },
             )
             .await;
         }
-        NetworkFilter::Tcp(tp) => crate::tcp::proxy(stream, tp, &config, &shared, peer, dst).await,
+        NetworkFilter::Tcp(tp) => {
+            crate::tcp::proxy(stream, tp, &config, &shared, peer, dst, listener.inbound).await
+        }
     }
 }
 
-/// Binds every configured listener once, as listeners appear in the config
-/// (explicit `addr_override` lets tests and explicit mode remap ports).
+/// Binds every configured listener once, as listeners appear in the config;
+/// `port_overrides` remaps a listener's port by name (e.g. `--outbound-port`
+/// for `virtualOutbound`). A listener's address change needs a restart.
 /// Runs until the config channel closes.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>, port_overrides: std::collections::BTreeMap<String, u16>) {
     let mut rx = shared.config.clone();
     let mut bound = BTreeSet::new();
     loop {
@@ -145,14 +165,18 @@ pub async fn run(shared: Arc<Shared>) {
             if bound.contains(name) {
                 continue;
             }
-            match TcpListener::bind(l.address).await {
+            let mut address = l.address;
+            if let Some(port) = port_overrides.get(name) {
+                address.set_port(*port);
+            }
+            match TcpListener::bind(address).await {
                 Ok(tcp) => {
-                    info!(listener = %name, address = %l.address, "listening");
+                    info!(listener = %name, %address, "listening");
                     bound.insert(name.clone());
                     tokio::spawn(serve(tcp, name.clone(), shared.clone()));
                 }
                 Err(error) => {
-                    warn!(listener = %name, address = %l.address, %error, "cannot bind listener; will retry on the next config")
+                    warn!(listener = %name, %address, %error, "cannot bind listener; will retry on the next config")
                 }
             }
         }
@@ -216,6 +240,7 @@ mod tests {
                 ),
             ],
             default_filter_chain: Some(fc("passthrough", None, None, None)),
+            inbound: false,
         };
         let pick = |dst: &str, t| {
             select_chain(&l, dst.parse().unwrap(), t)

@@ -1,0 +1,121 @@
+//! Admin (`/config_dump`, `/clusters`, `/ready`, `/stats/prometheus`),
+//! health (`/healthz/ready`) and Prometheus (`/stats/prometheus`) endpoints.
+//! Each port serves only its own paths.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::config::{Discovery, ProxyConfig};
+use crate::http::flags::{ProxyBody, text};
+use crate::runtime::Shared;
+
+/// Which endpoint set a port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Admin on 15000 (localhost only).
+    Admin,
+    /// Health on 15021.
+    Health,
+    /// Prometheus on 15090.
+    Prometheus,
+}
+
+/// Serves `role` on a bound listener until the process exits.
+pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match tcp.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(?role, %error, "admin accept failed");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(role, &req, &shared)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let config = shared.config.borrow().clone();
+    let ready = config.is_ready();
+    let ready_reply = || {
+        if ready {
+            text(StatusCode::OK, "LIVE\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PRE_INITIALIZING: waiting for clusters and listeners\n",
+            )
+        }
+    };
+    match (role, req.uri().path()) {
+        (Role::Health, "/healthz/ready") | (Role::Admin, "/ready") => ready_reply(),
+        (Role::Admin | Role::Prometheus, "/stats/prometheus") => {
+            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            if let Ok(v) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse() {
+                r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        (Role::Admin, "/config_dump") => match serde_json::to_string_pretty(&*config) {
+            Ok(json) => {
+                let mut r = text(StatusCode::OK, json);
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode config: {e}\n"),
+            ),
+        },
+        (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Envoy-like `/clusters` text: one line per endpoint with health and weight.
+pub fn clusters(config: &ProxyConfig) -> String {
+    let mut out = String::new();
+    for (name, cluster) in &config.clusters {
+        let _ = writeln!(out, "{name}::lb_policy::{:?}", cluster.lb_policy);
+        if matches!(cluster.discovery, Discovery::OriginalDst) {
+            let _ = writeln!(out, "{name}::original_dst");
+            continue;
+        }
+        let Some(la) = config.cluster_endpoints(cluster) else {
+            let _ = writeln!(out, "{name}::no_endpoints_yet");
+            continue;
+        };
+        for e in &la.endpoints {
+            let _ = writeln!(
+                out,
+                "{name}::{}::health_flags::{}::weight::{}::priority::{}::locality::{}",
+                e.address,
+                format!("{:?}", e.health).to_lowercase(),
+                e.weight,
+                e.priority,
+                e.locality
+            );
+        }
+    }
+    out
+}

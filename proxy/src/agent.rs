@@ -1,0 +1,120 @@
+//! `mesh-proxy run`: wires the xDS client, the listeners, the admin,
+//! health and Prometheus ports and the SIGTERM drain together.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::admin::{self, Role};
+use crate::runtime::{Shared, WorkloadInfo};
+use crate::xds::{NodeIdentity, XdsClient, XdsClientConfig, XdsMode};
+
+/// Everything `run` needs, parsed from flags by the binary.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// xDS settings.
+    pub xds: XdsClientConfig,
+    /// Address the admin port binds (127.0.0.1: admin is local only).
+    pub admin: SocketAddr,
+    /// Health port address.
+    pub health: SocketAddr,
+    /// Prometheus port address.
+    pub prometheus: SocketAddr,
+    /// Port for `virtualOutbound`.
+    pub outbound_port: u16,
+    /// Port for `virtualInbound`.
+    pub inbound_port: u16,
+    /// How long SIGTERM waits for open connections.
+    pub drain_timeout: Duration,
+    /// SPIFFE ID of this workload (metric labels until mTLS exists).
+    pub principal: String,
+}
+
+impl AgentConfig {
+    /// Defaults with Istio's ports for a node identity.
+    pub fn new(address: impl Into<String>, node: NodeIdentity, mode: XdsMode) -> Self {
+        let local = IpAddr::from([127, 0, 0, 1]);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        let mut xds = XdsClientConfig::new(address, node);
+        xds.mode = mode;
+        Self {
+            xds,
+            admin: SocketAddr::new(local, 15000),
+            health: SocketAddr::new(any, 15021),
+            prometheus: SocketAddr::new(any, 15090),
+            outbound_port: 15001,
+            inbound_port: 15006,
+            drain_timeout: Duration::from_secs(5),
+            principal: "unknown".into(),
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A port could not be bound.
+    #[error("cannot bind {what} on {address}")]
+    Bind {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Installing the SIGTERM handler failed.
+    #[error("cannot install the SIGTERM handler")]
+    Signal(#[source] std::io::Error),
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| AgentError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+/// Runs the proxy until SIGTERM (or Ctrl-C), then drains.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let workload = WorkloadInfo {
+        workload: cfg.xds.node.workload_name.clone(),
+        principal: cfg.principal.clone(),
+    };
+    let (client, rx) = XdsClient::new(cfg.xds.clone());
+    let shared = Shared::with_workload(rx, workload);
+    let admin = bind("admin", cfg.admin).await?;
+    let health = bind("health", cfg.health).await?;
+    let prom = bind("prometheus", cfg.prometheus).await?;
+    tokio::spawn(admin::serve(admin, Role::Admin, shared.clone()));
+    tokio::spawn(admin::serve(health, Role::Health, shared.clone()));
+    tokio::spawn(admin::serve(prom, Role::Prometheus, shared.clone()));
+    info!(address = %cfg.xds.address, node = %cfg.xds.node.node_id(), "connecting to the control plane");
+    tokio::spawn(client.run());
+    let overrides = BTreeMap::from([
+        ("virtualOutbound".to_owned(), cfg.outbound_port),
+        ("virtualInbound".to_owned(), cfg.inbound_port),
+    ]);
+    tokio::spawn(crate::listener::run(shared.clone(), overrides));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt: draining"),
+    }
+    let left = shared.drain(cfg.drain_timeout).await;
+    if left > 0 {
+        warn!(connections = left, timeout = ?cfg.drain_timeout, "drain timeout passed; closing remaining connections");
+    } else {
+        info!("drained");
+    }
+    Ok(())
+}
