@@ -412,7 +412,11 @@ async fn renew_loop<S: CertSource>(
                 tx.send_replace(Some(cert));
                 backoff = policy.min_backoff;
                 let jitter = rand::random::<f64>() * policy.jitter;
-                let delay = remaining.mul_f64((policy.renew_at - jitter).clamp(0.05, 1.0));
+                // Never renew in a tight loop, even for a certificate that
+                // is (by our clock) already about to expire.
+                let delay = remaining
+                    .mul_f64((policy.renew_at - jitter).clamp(0.05, 1.0))
+                    .max(policy.min_backoff);
                 tokio::time::sleep(delay).await;
             }
             Err(error) => {
