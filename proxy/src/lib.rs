@@ -12,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod runtime;
 pub mod tcp;
+pub mod tls;
 pub mod xds;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing

@@ -100,7 +100,7 @@ struct RunArgs {
     /// Seconds SIGTERM waits for open connections.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 5)]
     drain_timeout: u64,
-    /// CA address (not used yet: mTLS is not implemented in this version).
+    /// CA address (not used yet: the CA client is not wired in).
     #[arg(long, env = "CA_ADDRESS")]
     ca_address: Option<String>,
     /// Join token for the CA (not used yet).
@@ -151,7 +151,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing(args.log_format == "json");
             if args.ca_address.is_some() || args.join_token.is_some() || args.token_path.is_some() {
                 tracing::warn!(
-                    "CA flags are accepted but mTLS is not implemented yet; traffic stays plaintext"
+                    "CA flags are accepted but the CA client is not wired yet: no SVID, so mTLS chains and clusters fail closed"
                 );
             }
             let node = NodeIdentity {

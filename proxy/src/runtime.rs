@@ -44,6 +44,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// This workload.
     pub workload: WorkloadInfo,
+    /// The workload's SVID, for mTLS.
+    pub svid: crate::tls::SvidReceiver,
     /// Set to true to stop accepting (SIGTERM drain).
     pub draining: watch::Sender<bool>,
     active: Arc<AtomicUsize>,
@@ -70,7 +72,18 @@ impl Shared {
         config: watch::Receiver<Arc<ProxyConfig>>,
         workload: WorkloadInfo,
     ) -> Arc<Self> {
+        Self::with_svid(config, workload, crate::tls::no_svid())
+    }
+
+    /// Shared state for a known workload with an SVID source (the CA
+    /// client's watch channel).
+    pub fn with_svid(
+        config: watch::Receiver<Arc<ProxyConfig>>,
+        workload: WorkloadInfo,
+        svid: crate::tls::SvidReceiver,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            svid,
             config,
             balancers: Balancers::default(),
             upstreams: Upstreams::default(),

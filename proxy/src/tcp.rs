@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::http::ConnInfo;
 use tracing::{debug, info};
 
 use crate::config::{Discovery, ProxyConfig, TcpProxy};
@@ -13,16 +16,26 @@ use crate::metrics::TcpLabels;
 use crate::runtime::Shared;
 
 /// Proxies one connection to the TCP proxy's cluster.
-pub async fn proxy(
-    mut downstream: TcpStream,
+pub async fn proxy<S>(
+    mut downstream: S,
     tp: &TcpProxy,
     config: &ProxyConfig,
     shared: &Shared,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    inbound: bool,
-) {
+    info: ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ConnInfo {
+        peer,
+        dst,
+        inbound,
+        mtls,
+    } = info;
     let (cluster_name, _) = pick_cluster(&tp.target, |total| rand::rng().random_range(0..total));
+    let cluster_tls = config
+        .clusters
+        .get(cluster_name)
+        .is_some_and(|c| c.tls.is_some());
     let labels = |flag: &str| {
         let unknown = || "unknown".to_owned();
         let (reporter, sw, sp, dw) = if inbound {
@@ -47,7 +60,12 @@ pub async fn proxy(
             destination_service: crate::metrics::service_of_cluster(cluster_name),
             destination_workload: dw,
             response_flags: flag.into(),
-            connection_security_policy: "none".into(),
+            connection_security_policy: if mtls || cluster_tls {
+                "mutual_tls"
+            } else {
+                "none"
+            }
+            .into(),
         }
     };
     shared.metrics.tcp_opened(&labels("-"));
@@ -94,11 +112,7 @@ pub async fn proxy(
             }
         }
     };
-    if cluster.tls.is_some() {
-        log("UF", Some(target), 0, 0);
-        return;
-    }
-    let mut upstream =
+    let upstream =
         match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(error)) => {
@@ -114,7 +128,21 @@ pub async fn proxy(
     let _ = upstream.set_nodelay(true);
     // copy_bidirectional shuts down each write half when the matching read
     // half reaches EOF, which is exactly TCP half-close.
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+    let copied = match &cluster.tls {
+        Some(tls) => match crate::tls::connect(upstream, &shared.svid, tls).await {
+            Ok(mut upstream) => tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await,
+            Err(error) => {
+                debug!(%error, upstream = %target, "mTLS to upstream failed");
+                log("UF", Some(target), 0, 0);
+                return;
+            }
+        },
+        None => {
+            let mut upstream = upstream;
+            tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+        }
+    };
+    match copied {
         Ok((up, down)) => log("-", Some(target), down, up),
         Err(error) => {
             debug!(%error, "TCP proxy connection ended with an error");

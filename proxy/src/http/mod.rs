@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::config::{
@@ -26,6 +25,7 @@ use crate::config::{
 use crate::runtime::Shared;
 use flags::{ProxyBody, ResponseFlag, local_reply, text};
 use router::{RequestView, apply_adds, apply_removes, pick_cluster, select_route, select_vhost};
+use upstream::UpstreamError;
 
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,15 +50,19 @@ pub struct ConnInfo {
     pub dst: SocketAddr,
     /// Inbound listener (metrics report as `destination`).
     pub inbound: bool,
+    /// The downstream connection is mutual TLS.
+    pub mtls: bool,
 }
 
 /// Serves one downstream connection with an HTTP connection manager.
-pub async fn serve_connection(
-    stream: TcpStream,
+pub async fn serve_connection<S>(
+    stream: S,
     hcm: Arc<HttpConnectionManager>,
     shared: Arc<Shared>,
     info: ConnInfo,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let info = Arc::new(info);
     let svc = hyper::service::service_fn(move |req| {
         let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
@@ -77,6 +81,7 @@ struct Outcome {
     cluster: String,
     upstream: Option<SocketAddr>,
     route: String,
+    upstream_mtls: bool,
 }
 
 async fn handle(
@@ -166,8 +171,12 @@ fn request_labels(
         destination_workload,
         response_code: status.to_string(),
         response_flags: out.flag.map_or("-", ResponseFlag::code).into(),
-        // No mTLS yet: all traffic is plaintext.
-        connection_security_policy: "none".into(),
+        connection_security_policy: if info.mtls || out.upstream_mtls {
+            "mutual_tls"
+        } else {
+            "none"
+        }
+        .into(),
     }
 }
 
@@ -364,12 +373,6 @@ async fn forward(
         }
     };
     out.upstream = Some(target);
-    if cluster.tls.is_some() {
-        // mTLS origination is not implemented yet: refuse rather than send
-        // plaintext to a peer that expects mutual TLS.
-        out.flag = Some(ResponseFlag::UpstreamConnectFailure);
-        return local_reply(ResponseFlag::UpstreamConnectFailure, None);
-    }
     let downstream_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
     let mut path = parts.uri.path().to_owned();
@@ -405,13 +408,31 @@ async fn forward(
         apply_adds(&mut parts.headers, &m.request_add);
     }
     parts.version = http::Version::HTTP_11;
-    let client = shared.upstreams.client(cluster, downstream_h2);
     let timeout = match f.timeout {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     };
-    let call = client.request(Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
+    type Call = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
+    >;
+    let call: Call = match &cluster.tls {
+        Some(tls) => {
+            out.upstream_mtls = true;
+            Box::pin(upstream::send_mtls(
+                request,
+                target,
+                cluster.connect_timeout,
+                tls.clone(),
+                shared.svid.clone(),
+            ))
+        }
+        None => {
+            let client = shared.upstreams.client(cluster, downstream_h2);
+            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
+        }
+    };
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,

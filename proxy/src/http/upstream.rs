@@ -66,3 +66,65 @@ impl Upstreams {
         client
     }
 }
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The pooled client failed.
+    #[error("upstream request failed")]
+    Client(#[from] hyper_util::client::legacy::Error),
+    /// Connecting (TCP or mTLS) failed.
+    #[error("cannot connect upstream")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The HTTP exchange failed after connecting.
+    #[error("upstream HTTP exchange failed")]
+    Http(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether connecting failed (`UF`) rather than the exchange (`UC`).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Client(e) => e.is_connect(),
+            Self::Connect(_) => true,
+            Self::Http(_) => false,
+        }
+    }
+}
+
+/// Sends one request over a fresh mTLS connection (HTTP/1.1 inside TLS).
+/// Not pooled yet: see docs/proxy.md.
+pub async fn send_mtls(
+    req: http::Request<Incoming>,
+    target: std::net::SocketAddr,
+    connect_timeout: Duration,
+    tls: crate::config::UpstreamTls,
+    svid: crate::tls::SvidReceiver,
+) -> Result<http::Response<Incoming>, UpstreamError> {
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = crate::tls::connect(tcp, &svid, &tls)
+        .await
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (mut parts, body) = req.into_parts();
+    // Origin-form on the wire, as the pooled client does itself.
+    if let Some(pq) = parts.uri.path_and_query().cloned()
+        && let Ok(uri) = pq.as_str().parse()
+    {
+        parts.uri = uri;
+    }
+    sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(UpstreamError::Http)
+}

@@ -128,27 +128,40 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
         debug!(listener = %name, %dst, "no filter chain matches; closing");
         return;
     };
-    if chain.tls.is_some() {
-        warn!(listener = %name, chain = %chain.name, "TLS termination is not implemented yet; closing");
-        return;
+    let info = crate::http::ConnInfo {
+        peer,
+        dst,
+        inbound: listener.inbound,
+        mtls: chain.tls.is_some(),
+    };
+    match &chain.tls {
+        Some(tls) => match crate::tls::accept(stream, &shared.svid, tls).await {
+            Ok((stream, peer_id)) => {
+                debug!(listener = %name, peer = ?peer_id, "mTLS accepted");
+                serve_chain(stream, chain, &config, &shared, info).await;
+            }
+            Err(error) => {
+                warn!(listener = %name, chain = %chain.name, %peer, error = %error, "TLS refused")
+            }
+        },
+        None => serve_chain(stream, chain, &config, &shared, info).await,
     }
+}
+
+async fn serve_chain<S>(
+    stream: S,
+    chain: &FilterChain,
+    config: &crate::config::ProxyConfig,
+    shared: &Arc<Shared>,
+    info: crate::http::ConnInfo,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     match &chain.filter {
         NetworkFilter::Http(hcm) => {
-            crate::http::serve_connection(
-                stream,
-                Arc::new(hcm.clone()),
-                shared,
-                crate::http::ConnInfo {
-                    peer,
-                    dst,
-                    inbound: listener.inbound,
-                },
-            )
-            .await;
+            crate::http::serve_connection(stream, Arc::new(hcm.clone()), shared.clone(), info).await
         }
-        NetworkFilter::Tcp(tp) => {
-            crate::tcp::proxy(stream, tp, &config, &shared, peer, dst, listener.inbound).await
-        }
+        NetworkFilter::Tcp(tp) => crate::tcp::proxy(stream, tp, config, shared, info).await,
     }
 }
 
