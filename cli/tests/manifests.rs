@@ -1,0 +1,191 @@
+//! `meshctl manifest generate`: the rendered install per profile is pinned
+//! by golden files, committed as deploy/manifests/mesh.yaml, accepted by
+//! kubernetes-validate, and `--set` mistakes are reported by key.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mesh_cli::manifest::{GenerateArgs, Profile, generate_yaml};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn args(profile: Profile) -> GenerateArgs {
+    GenerateArgs {
+        profile,
+        set: Vec::new(),
+        namespace: "mesh-system".to_string(),
+    }
+}
+
+/// Compares `generated` with the file at `rel` (from the repo root);
+/// `UPDATE_GOLDEN=1` rewrites it.
+fn assert_file(rel: &str, generated: &str, regenerate: &str) {
+    let path = root().join(rel);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{rel} is out of date with `meshctl manifest generate`: run `{regenerate}`"
+    );
+}
+
+#[test]
+fn each_profile_matches_its_golden_file() {
+    for p in Profile::ALL {
+        assert_file(
+            &format!("cli/tests/golden/{}.yaml", p.as_str()),
+            &generate_yaml(&args(p)).unwrap(),
+            "UPDATE_GOLDEN=1 cargo test -p mesh-cli --test manifests",
+        );
+    }
+}
+
+#[test]
+fn deploy_manifest_is_the_default_profile() {
+    assert_file(
+        "deploy/manifests/mesh.yaml",
+        &generate_yaml(&args(Profile::Default)).unwrap(),
+        "UPDATE_GOLDEN=1 cargo test -p mesh-cli --test manifests",
+    );
+}
+
+fn kinds(yaml: &str) -> Vec<String> {
+    yaml.lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn profiles_differ_in_webhooks_budget_and_replicas() {
+    let minimal = generate_yaml(&args(Profile::Minimal)).unwrap();
+    let default = generate_yaml(&args(Profile::Default)).unwrap();
+    let demo = generate_yaml(&args(Profile::Demo)).unwrap();
+    let has = |y: &str, k: &str| kinds(y).iter().any(|x| x == k);
+    assert!(!has(&minimal, "MutatingWebhookConfiguration"));
+    assert!(!has(&minimal, "PodDisruptionBudget"));
+    assert!(has(&default, "MutatingWebhookConfiguration"));
+    assert!(has(&default, "ValidatingWebhookConfiguration"));
+    assert!(has(&default, "PodDisruptionBudget"));
+    assert!(has(&demo, "MutatingWebhookConfiguration"));
+    assert!(!has(&demo, "PodDisruptionBudget"));
+    assert!(default.contains("failurePolicy: Fail"));
+    assert!(demo.contains("failurePolicy: Ignore"));
+    assert!(demo.contains("mtlsMode: PERMISSIVE"));
+    assert!(default.contains("replicas: 2"));
+    for y in [&minimal, &default, &demo] {
+        assert_eq!(
+            kinds(y)
+                .iter()
+                .filter(|k| *k == "CustomResourceDefinition")
+                .count(),
+            10
+        );
+    }
+}
+
+#[test]
+fn set_overrides_values_and_namespace_moves_every_namespaced_object() {
+    let mut a = args(Profile::Default);
+    a.set = vec![
+        "meshd.replicas=5".into(),
+        "global.hub=registry.example/mesh".into(),
+        "global.tag=1.2.3".into(),
+    ];
+    a.namespace = "other-ns".into();
+    let y = generate_yaml(&a).unwrap();
+    assert!(y.contains("replicas: 5"));
+    assert!(y.contains("image: registry.example/mesh/meshd:1.2.3"));
+    assert!(!y.contains("mesh-system"), "{y}");
+    assert!(y.contains("namespace: other-ns"));
+}
+
+fn meshctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn unknown_set_key_fails_naming_the_key() {
+    let out = meshctl(&["manifest", "generate", "--set", "meshd.replica=2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--set meshd.replica: unknown key"), "{err}");
+    assert!(
+        err.contains("meshd.replicas"),
+        "lists the known keys: {err}"
+    );
+
+    let out = meshctl(&["manifest", "generate", "--set", "meshd.replicas=many"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("meshd.replicas=many: expected an integer"),
+        "{err}"
+    );
+
+    let out = meshctl(&[
+        "manifest",
+        "generate",
+        "--profile",
+        "demo",
+        "--set",
+        "pdb.enabled=true",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kind: PodDisruptionBudget"));
+}
+
+/// Runs an offline validator from PyPI; `None` when it is not installed and
+/// the suite is not required to run everything (CI sets MESH_E2E_REQUIRED=1
+/// and scripts/test.sh installs kubernetes-validate).
+fn run_tool(test: &str, program: &str, args: &[&str]) -> Option<std::process::Output> {
+    match Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) if std::env::var("MESH_E2E_REQUIRED").as_deref() == Ok("1") => {
+            panic!("{test}: cannot run {program}: {e} (scripts/test.sh installs it)")
+        }
+        Err(e) => {
+            eprintln!("skipping {test}: cannot run {program}: {e} (scripts/test.sh installs it)");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_profile_passes_kubernetes_validate_strict() {
+    for p in Profile::ALL {
+        let file = format!("cli/tests/golden/{}.yaml", p.as_str());
+        let Some(out) = run_tool(
+            "every_profile_passes_kubernetes_validate_strict",
+            "kubernetes-validate",
+            &["--strict", "-k", "1.33.0", &file],
+        ) else {
+            return;
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{file}: {text}");
+        let objects = kinds(&generate_yaml(&args(p)).unwrap()).len();
+        assert_eq!(
+            text.matches(" passed for resource ").count(),
+            objects,
+            "{file}: {text}"
+        );
+    }
+}
