@@ -83,6 +83,52 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// Answers 503 to every other request, starting with the first.
+async fn flaky() -> SocketAddr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let mut r = hyper::Response::new(Full::new(Bytes::from(format!(
+                                "flaky try {n}"
+                            ))));
+                            if n.is_multiple_of(2) {
+                                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn with_retry(mut r: xr::Route, retry_on: &str, n: u32) -> xr::Route {
+    let Some(xr::route::Action::Route(ra)) = &mut r.action else {
+        unreachable!()
+    };
+    ra.retry_policy = Some(xr::RetryPolicy {
+        retry_on: retry_on.into(),
+        num_retries: Some(wkt::UInt32Value { value: n }),
+        ..Default::default()
+    });
+    r
+}
+
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -157,6 +203,9 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             route("/nohost", "empty"),
             route("/down", "down"),
             route("/nocluster", "missing"),
+            with_retry(route("/retry-flaky", "flaky-a"), "5xx", 2),
+            route("/flaky-noretry", "flaky-b"),
+            with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),
         ],
     )
@@ -216,6 +265,18 @@ async fn setup() -> Env {
             any(&static_cluster("down", &[closed_port()])),
         ),
         ("echo".to_owned(), any(&static_cluster("echo", &[echo]))),
+        (
+            "flaky-a".to_owned(),
+            any(&static_cluster("flaky-a", &[flaky().await])),
+        ),
+        (
+            "flaky-b".to_owned(),
+            any(&static_cluster("flaky-b", &[flaky().await])),
+        ),
+        (
+            "half-down".to_owned(),
+            any(&static_cluster("half-down", &[closed_port(), v1])),
+        ),
     ];
     ads.push_delta(&CDS(), "c1", clusters, vec![]);
     let listeners = vec![
@@ -453,4 +514,18 @@ async fn drain_stops_accepting_new_connections() {
     // Give the accept loop a moment to observe the drain and drop its socket.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(tokio::net::TcpStream::connect(env.http).await.is_err());
+}
+
+#[tokio::test]
+async fn retries_replay_bodiless_requests_on_the_configured_conditions() {
+    let env = setup().await;
+    let (s, body, _) = get(env.http, "reviews", "/retry-flaky", &[]).await;
+    assert_eq!((s, body.as_str()), (200, "flaky try 1"));
+    let (s, _, _) = get(env.http, "reviews", "/flaky-noretry", &[]).await;
+    assert_eq!(s, 503);
+    // Round robin over [closed, v1]: whichever comes first, the retry lands on v1.
+    for _ in 0..4 {
+        let (s, body, _) = get(env.http, "reviews", "/retry-connect", &[]).await;
+        assert_eq!(s, 200, "{body}");
+    }
 }

@@ -352,27 +352,6 @@ async fn forward(
         out.flag = Some(ResponseFlag::NoCluster);
         return local_reply(ResponseFlag::NoCluster, None);
     };
-    // Held until the response headers arrive, for least-request accounting.
-    let mut _active = None;
-    let target = match &cluster.discovery {
-        Discovery::OriginalDst => info.dst,
-        _ => {
-            let picked = config.cluster_endpoints(cluster).and_then(|la| {
-                shared
-                    .balancers
-                    .cluster(&cluster.name)
-                    .pick(cluster.lb_policy, &la)
-            });
-            let Some(active) = picked else {
-                out.flag = Some(ResponseFlag::NoHealthyUpstream);
-                return local_reply(ResponseFlag::NoHealthyUpstream, None);
-            };
-            let addr = active.address;
-            _active = Some(active);
-            addr
-        }
-    };
-    out.upstream = Some(target);
     let downstream_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
     let mut path = parts.uri.path().to_owned();
@@ -386,16 +365,6 @@ async fn forward(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(target.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
-    };
-    parts.uri = uri;
     for h in HOP_BY_HOP {
         parts.headers.remove(*h);
     }
@@ -407,59 +376,178 @@ async fn forward(
         apply_removes(&mut parts.headers, &m.request_remove);
         apply_adds(&mut parts.headers, &m.request_add);
     }
-    parts.version = http::Version::HTTP_11;
-    let timeout = match f.timeout {
+    let deadline = match f.timeout {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
         None => Some(DEFAULT_ROUTE_TIMEOUT),
-    };
-    let request = Request::from_parts(parts, body);
-    type Call = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
-    >;
-    let call: Call = match &cluster.tls {
-        Some(tls) => {
-            out.upstream_mtls = true;
-            Box::pin(upstream::send_mtls(
-                request,
-                target,
-                cluster.connect_timeout,
-                tls.clone(),
-                shared.svid.clone(),
-            ))
-        }
-        None => {
-            let client = shared.upstreams.client(cluster, downstream_h2);
-            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
-        }
-    };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                out.flag = Some(ResponseFlag::UpstreamTimeout);
-                return local_reply(ResponseFlag::UpstreamTimeout, None);
+    }
+    .map(|t| tokio::time::Instant::now() + t);
+    // Bodies are streamed, not buffered, so only requests without a body
+    // can be replayed; others get one try (see docs/proxy.md).
+    let retry = f
+        .retry
+        .as_ref()
+        .filter(|r| r.num_retries > 0 && hyper::body::Body::is_end_stream(&body));
+    let attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
+    let mut body = Some(body.boxed());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let more = attempt < attempts;
+        // Held until the response headers arrive, for least-request accounting.
+        let mut _active = None;
+        let target = match &cluster.discovery {
+            Discovery::OriginalDst => info.dst,
+            _ => {
+                let picked = config.cluster_endpoints(cluster).and_then(|la| {
+                    shared
+                        .balancers
+                        .cluster(&cluster.name)
+                        .pick(cluster.lb_policy, &la)
+                });
+                let Some(active) = picked else {
+                    out.flag = Some(ResponseFlag::NoHealthyUpstream);
+                    return local_reply(ResponseFlag::NoHealthyUpstream, None);
+                };
+                let addr = active.address;
+                _active = Some(active);
+                addr
             }
-        },
-        None => call.await,
-    };
-    match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            for h in HOP_BY_HOP {
-                parts.headers.remove(*h);
+        };
+        out.upstream = Some(target);
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query(path_and_query.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
+        };
+        let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        type Call = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
+        >;
+        let call: Call = match &cluster.tls {
+            Some(tls) => {
+                out.upstream_mtls = true;
+                Box::pin(upstream::send_mtls(
+                    request,
+                    target,
+                    cluster.connect_timeout,
+                    tls.clone(),
+                    shared.svid.clone(),
+                ))
             }
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => {
-            let flag = if e.is_connect() {
-                ResponseFlag::UpstreamConnectFailure
-            } else {
-                ResponseFlag::UpstreamConnectionTermination
-            };
-            debug!(error = %e, cluster = %cluster.name, upstream = %target, "upstream request failed");
-            out.flag = Some(flag);
-            local_reply(flag, None)
+            None => {
+                let client = shared.upstreams.client(cluster, downstream_h2);
+                Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
+            }
+        };
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout)
+            .map(|t| tokio::time::Instant::now() + t);
+        let try_deadline = match (deadline, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match try_deadline {
+            Some(d) => match tokio::time::timeout_at(d, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let overall = deadline.is_some_and(|o| o <= tokio::time::Instant::now());
+                    if more && !overall && retry.is_some_and(|r| retry_on(r, RetryCause::Timeout)) {
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    out.flag = Some(ResponseFlag::UpstreamTimeout);
+                    return local_reply(ResponseFlag::UpstreamTimeout, None);
+                }
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(resp) => {
+                if more
+                    && retry
+                        .is_some_and(|r| retry_on(r, RetryCause::Status(resp.status().as_u16())))
+                {
+                    debug!(status = resp.status().as_u16(), attempt, cluster = %cluster.name, "retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                let (mut parts, body) = resp.into_parts();
+                for h in HOP_BY_HOP {
+                    parts.headers.remove(*h);
+                }
+                return Response::from_parts(parts, body.boxed());
+            }
+            Err(e) => {
+                let (flag, cause) = if e.is_connect() {
+                    (
+                        ResponseFlag::UpstreamConnectFailure,
+                        RetryCause::ConnectFailure,
+                    )
+                } else {
+                    (
+                        ResponseFlag::UpstreamConnectionTermination,
+                        RetryCause::Reset,
+                    )
+                };
+                debug!(error = %e, cluster = %cluster.name, upstream = %target, attempt, "upstream request failed");
+                if more && retry.is_some_and(|r| retry_on(r, cause)) {
+                    backoff(attempt).await;
+                    continue;
+                }
+                out.flag = Some(flag);
+                return local_reply(flag, None);
+            }
         }
     }
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// What went wrong with one try.
+#[derive(Debug, Clone, Copy)]
+enum RetryCause {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+/// Envoy's `retry_on` conditions that the proxy implements.
+fn retry_on(policy: &crate::config::RetryPolicy, cause: RetryCause) -> bool {
+    policy
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .any(|cond| match (cond, cause) {
+            ("5xx", RetryCause::Status(s)) => s >= 500,
+            ("5xx", _) => true,
+            ("gateway-error", RetryCause::Status(s)) => matches!(s, 502..=504),
+            ("gateway-error", _) => true,
+            ("connect-failure", RetryCause::ConnectFailure) => true,
+            ("reset", RetryCause::Reset | RetryCause::ConnectFailure) => true,
+            ("retriable-status-codes", RetryCause::Status(s)) => {
+                policy.retriable_status_codes.contains(&u32::from(s))
+            }
+            // gRPC `unavailable` / `cancelled` come as grpc-status trailers
+            // and `refused-stream` as an h2 reset: not detected yet.
+            _ => false,
+        })
+}
+
+/// Envoy's default retry back-off: 25 ms base, doubling, capped at 250 ms.
+async fn backoff(attempt: u32) {
+    let ms = 25u64.saturating_mul(1 << attempt.min(4)).min(250);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::{Cluster, UpstreamProtocol};
 
 /// A pooled HTTP client.
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<HttpConnector, super::flags::ProxyBody>;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -95,7 +95,7 @@ impl UpstreamError {
 /// Sends one request over a fresh mTLS connection (HTTP/1.1 inside TLS).
 /// Not pooled yet: see docs/proxy.md.
 pub async fn send_mtls(
-    req: http::Request<Incoming>,
+    req: http::Request<super::flags::ProxyBody>,
     target: std::net::SocketAddr,
     connect_timeout: Duration,
     tls: crate::config::UpstreamTls,
