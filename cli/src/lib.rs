@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod bootstrap;
+pub mod completion;
 pub mod inject;
 pub mod manifest;
 pub mod resources;
@@ -39,6 +40,8 @@ pub enum Command {
     Inject(inject::Args),
     /// Print the Kubernetes objects the mesh installs.
     Manifest(manifest::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::Args),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -52,5 +55,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Inject(a) => inject::run(a),
         Command::Manifest(a) => manifest::run(a),
+        Command::Completion(a) => completion::run(a),
     }
 }
