@@ -145,6 +145,18 @@ fn strict_inbound(addr: SocketAddr) -> xl::Listener {
     l
 }
 
+fn permissive_inbound(addr: SocketAddr) -> xl::Listener {
+    let mut l = strict_inbound(addr);
+    l.name = "permissive".into();
+    let mut raw = chain("inbound|9080||", None, hcm_filter("in"));
+    raw.filter_chain_match = Some(xl::FilterChainMatch {
+        transport_protocol: "raw_buffer".into(),
+        ..Default::default()
+    });
+    l.filter_chains.push(raw);
+    l
+}
+
 async fn backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -173,6 +185,7 @@ struct Env {
     _ads: FakeAds,
     out: SocketAddr,
     inbound: SocketAddr,
+    permissive: SocketAddr,
     svid_tx: watch::Sender<Option<Arc<Svid>>>,
     shared: Arc<Shared>,
     ca: Ca,
@@ -189,7 +202,14 @@ async fn setup() -> Env {
     let shared = Shared::with_svid(rx.clone(), WorkloadInfo::default(), svid_rx);
     let out_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let perm_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (out, inbound) = (out_l.local_addr().unwrap(), in_l.local_addr().unwrap());
+    let permissive = perm_l.local_addr().unwrap();
+    tokio::spawn(mesh_proxy::listener::serve(
+        perm_l,
+        "permissive".into(),
+        shared.clone(),
+    ));
     tokio::spawn(mesh_proxy::listener::serve(
         out_l,
         "out".into(),
@@ -210,6 +230,10 @@ async fn setup() -> Env {
             (
                 "to-reviews".into(),
                 any(&mtls_cluster("to-reviews", inbound, ID)),
+            ),
+            (
+                "to-permissive".into(),
+                any(&mtls_cluster("to-permissive", permissive, ID)),
             ),
             (
                 "to-impostor".into(),
@@ -241,9 +265,11 @@ async fn setup() -> Env {
                 )),
             ),
             ("virtualInbound".into(), any(&strict_inbound(inbound))),
+            ("permissive".into(), any(&permissive_inbound(permissive))),
         ],
         vec![],
     );
+    let to_permissive = route("/permissive", "to-permissive");
     let mut to_impostor = route("/impostor", "to-impostor");
     to_impostor.name = "impostor".into();
     ads.push_delta(
@@ -255,7 +281,7 @@ async fn setup() -> Env {
                 any(&route_table(
                     "out",
                     &["*"],
-                    vec![to_impostor, route("/", "to-reviews")],
+                    vec![to_impostor, to_permissive, route("/", "to-reviews")],
                 )),
             ),
             (
@@ -268,7 +294,7 @@ async fn setup() -> Env {
     let mut w = rx.clone();
     tokio::time::timeout(
         Duration::from_secs(10),
-        w.wait_for(|c| c.routes.len() == 2 && c.listeners.len() == 2),
+        w.wait_for(|c| c.routes.len() == 2 && c.listeners.len() == 3),
     )
     .await
     .unwrap()
@@ -277,6 +303,7 @@ async fn setup() -> Env {
         _ads: ads,
         out,
         inbound,
+        permissive,
         svid_tx,
         shared,
         ca,
@@ -349,4 +376,13 @@ async fn rotated_svid_is_used_by_new_connections() {
     env.svid_tx.send_replace(Some(Arc::new(foreign)));
     let (s, _, flags) = get(env.out, "/foreign").await.unwrap();
     assert_eq!((s, flags.as_str()), (503, "UF"));
+}
+
+#[tokio::test]
+async fn permissive_inbound_accepts_both_mtls_and_plaintext() {
+    let env = setup().await;
+    let (s, body, _) = get(env.out, "/permissive").await.unwrap();
+    assert_eq!((s, body.as_str()), (200, "backend /permissive"));
+    let (s, body, _) = get(env.permissive, "/plain").await.unwrap();
+    assert_eq!((s, body.as_str()), (200, "backend /plain"));
 }
