@@ -54,8 +54,9 @@ pub fn objects(v: &Values, ns: &str) -> Vec<Value> {
             "kind": "MutatingWebhookConfiguration",
             "metadata": { "name": INJECTOR, "labels": labels(v) },
             "webhooks": [
-                injector(v, ns, "namespace.sidecar-injector.mesh.dev", "mesh-injection"),
+                // Sorted by name, as the Helm chart's `range` emits them.
                 injector(v, ns, "istio-namespace.sidecar-injector.mesh.dev", "istio-injection"),
+                injector(v, ns, "namespace.sidecar-injector.mesh.dev", "mesh-injection"),
             ],
         }),
         json!({
