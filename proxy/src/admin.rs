@@ -88,7 +88,40 @@ fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<Pro
             ),
         },
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config)),
+        (Role::Admin, "/logging") => logging(req, shared),
+        (Role::Admin, "/drain_listeners" | "/drain") if req.method() == http::Method::POST => {
+            shared.draining.send_replace(true);
+            text(StatusCode::OK, "OK: listeners stopped accepting\n")
+        }
+        (Role::Admin, "/quitquitquit") if req.method() == http::Method::POST => {
+            shared.quit.notify_one();
+            text(StatusCode::OK, "OK: draining, then exiting\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn logging(req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let level = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
+    match (level, shared.log_control.get()) {
+        (None, _) => text(
+            StatusCode::BAD_REQUEST,
+            "usage: POST /logging?level=<filter>, e.g. debug or mesh_proxy=trace\n",
+        ),
+        (Some(_), None) => text(
+            StatusCode::NOT_IMPLEMENTED,
+            "log level control is not available in this process\n",
+        ),
+        (Some(level), Some(ctl)) => match (ctl.0)(level) {
+            Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid level {level:?}: {e}\n"),
+            ),
+        },
     }
 }
 

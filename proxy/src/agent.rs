@@ -82,14 +82,21 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, Ag
         })
 }
 
-/// Runs the proxy until SIGTERM (or Ctrl-C), then drains.
-pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+/// Runs the proxy until SIGTERM (or Ctrl-C, or `/quitquitquit`), then
+/// drains. `log_control` backs the admin `/logging` endpoint.
+pub async fn run(
+    cfg: AgentConfig,
+    log_control: Option<crate::runtime::LogControl>,
+) -> Result<(), AgentError> {
     let workload = WorkloadInfo {
         workload: cfg.xds.node.workload_name.clone(),
         principal: cfg.principal.clone(),
     };
     let (client, rx) = XdsClient::new(cfg.xds.clone());
     let shared = Shared::with_workload(rx, workload);
+    if let Some(ctl) = log_control {
+        let _ = shared.log_control.set(ctl);
+    }
     let admin = bind("admin", cfg.admin).await?;
     let health = bind("health", cfg.health).await?;
     let prom = bind("prometheus", cfg.prometheus).await?;
@@ -109,6 +116,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => info!("interrupt: draining"),
+        _ = shared.quit.notified() => info!("/quitquitquit: draining"),
     }
     let left = shared.drain(cfg.drain_timeout).await;
     if left > 0 {

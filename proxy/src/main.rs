@@ -128,15 +128,22 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+/// Installs the subscriber and returns the `/logging` control.
+fn init_tracing(json: bool) -> mesh_proxy::runtime::LogControl {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry.with(fmt::layer().json()).init();
     } else {
-        builder.init();
+        registry.with(fmt::layer()).init();
     }
+    mesh_proxy::runtime::LogControl(Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing(args.log_format == "json");
+            let log_control = init_tracing(args.log_format == "json");
             if args.ca_address.is_some() || args.join_token.is_some() || args.token_path.is_some() {
                 tracing::warn!(
                     "CA flags are accepted but the CA client is not wired yet: no SVID, so mTLS chains and clusters fail closed"
@@ -184,7 +191,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(cfg))?;
+            rt.block_on(run(cfg, Some(log_control)))?;
             Ok(())
         }
     }

@@ -31,6 +31,16 @@ impl Default for WorkloadInfo {
     }
 }
 
+/// Changes the log filter at runtime (`/logging?level=`); set by the
+/// binary, which owns the tracing subscriber.
+pub struct LogControl(pub Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogControl")
+    }
+}
+
 /// Shared data-path state.
 #[derive(Debug)]
 pub struct Shared {
@@ -48,6 +58,10 @@ pub struct Shared {
     pub svid: crate::tls::SvidReceiver,
     /// Set to true to stop accepting (SIGTERM drain).
     pub draining: watch::Sender<bool>,
+    /// Notified by `/quitquitquit`: drain and exit.
+    pub quit: tokio::sync::Notify,
+    /// Runtime log level control, when the binary provides one.
+    pub log_control: std::sync::OnceLock<LogControl>,
     active: Arc<AtomicUsize>,
 }
 
@@ -90,6 +104,8 @@ impl Shared {
             metrics: Metrics::default(),
             workload,
             draining: watch::Sender::new(false),
+            quit: tokio::sync::Notify::new(),
+            log_control: std::sync::OnceLock::new(),
             active: Arc::new(AtomicUsize::new(0)),
         })
     }
