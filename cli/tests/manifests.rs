@@ -306,3 +306,98 @@ fn helm_chart_renders_the_same_objects_as_meshctl() {
         }
     }
 }
+
+/// `(package, binary targets)` of every workspace member, from cargo metadata.
+fn workspace_bins() -> Vec<(String, Vec<String>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let bins = p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect();
+            (p["name"].as_str().unwrap().to_string(), bins)
+        })
+        .collect()
+}
+
+/// The words following `flag` in `text` (`-p mesh-proxy` -> `mesh-proxy`).
+fn flag_values(text: &str, flag: &str) -> Vec<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+#[test]
+fn dockerfiles_build_existing_crates_and_binaries() {
+    let bins = workspace_bins();
+    let dir = root().join("deploy/docker");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("Dockerfile") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(text.contains("cargo build --release --locked"), "{name}");
+        let crates = flag_values(&text, "-p");
+        assert_eq!(crates.len(), 1, "{name}: one -p CRATE: {crates:?}");
+        let Some((_, crate_bins)) = bins.iter().find(|(p, _)| *p == crates[0]) else {
+            panic!("{name}: -p {} is not a workspace package", crates[0]);
+        };
+        let wanted = flag_values(&text, "--bin");
+        assert!(!wanted.is_empty(), "{name}: names its --bin");
+        for bin in &wanted {
+            assert!(
+                crate_bins.contains(bin),
+                "{name}: {} has no binary {bin} (it has {crate_bins:?})",
+                crates[0]
+            );
+            assert!(
+                text.contains(&format!("target/release/{bin}")),
+                "{name}: copies target/release/{bin}"
+            );
+        }
+        let entry = text
+            .lines()
+            .rfind(|l| l.starts_with("ENTRYPOINT"))
+            .unwrap_or_else(|| panic!("{name}: no ENTRYPOINT"));
+        assert!(
+            wanted
+                .iter()
+                .any(|b| entry.contains(&format!("/usr/local/bin/{b}\""))),
+            "{name}: ENTRYPOINT runs one of {wanted:?}: {entry}"
+        );
+    }
+    assert_eq!(seen, 5, "meshd, proxy, ca, gateway, demo-app");
+    let proxy = std::fs::read_to_string(dir.join("proxy.Dockerfile")).unwrap();
+    assert!(proxy.contains("iptables"), "mesh-proxy init needs iptables");
+}
