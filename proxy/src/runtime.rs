@@ -33,7 +33,10 @@ impl Default for WorkloadInfo {
 
 /// Changes the log filter at runtime (`/logging?level=`); set by the
 /// binary, which owns the tracing subscriber.
-pub struct LogControl(pub Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct LogControl(pub Box<SetLevel>);
+
+/// Sets the log filter; the error says why a filter was refused.
+pub type SetLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for LogControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
