@@ -53,8 +53,10 @@ pub fn short_type(type_url: &str) -> &'static str {
 pub struct Generated {
     /// The resource, packed.
     pub any: Any,
-    /// A hash of the encoded bytes (stable across restarts).
+    /// A hash of the encoded bytes (stable across restarts), in hex.
     pub version: String,
+    /// The same hash as a number.
+    pub version_id: u64,
 }
 
 /// A proxy's resources by type URL, then by name.
@@ -63,13 +65,14 @@ pub type ProxyConfig = BTreeMap<&'static str, BTreeMap<String, Generated>>;
 /// Packs a resource and computes its version.
 pub fn pack<T: Message + Name>(msg: &T) -> Generated {
     let value = msg.encode_to_vec();
-    let version = format!("{:016x}", fnv64(&value));
+    let version_id = fnv64(&value);
     Generated {
         any: Any {
             type_url: T::type_url(),
             value,
         },
-        version,
+        version: format!("{version_id:016x}"),
+        version_id,
     }
 }
 
@@ -88,6 +91,12 @@ pub fn set_version_of<'a>(resources: impl Iterator<Item = (&'a String, &'a Gener
         }
     }
     format!("{h:016x}")
+}
+
+/// A 64-bit id of a resource name: streams remember names by id, not by a
+/// copy of the string (a thousand proxies × thousands of names adds up).
+pub fn name_id(name: &str) -> u64 {
+    fnv64(name.as_bytes())
 }
 
 fn fnv64(bytes: &[u8]) -> u64 {

@@ -2,7 +2,7 @@
 //! named, and a reconnecting client's `initial_resource_versions` let meshd
 //! resume without resending what the client already has.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,15 +16,24 @@ use super::{XdsState, known_type, wildcard_by_default};
 use crate::node::ProxyNode;
 use crate::translate::{self, PUSH_ORDER, ProxyConfig, short_type};
 
+/// Most resources in one delta response.
+const DELTA_BATCH: usize = 100;
+
 #[derive(Debug, Default)]
 struct TypeState {
     /// A response of this type awaits its ACK/NACK.
     pending: bool,
     subscribed: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the client has: name → version.
-    client: HashMap<String, String>,
+    /// Ids ([`translate::name_id`]) of the names subscribed explicitly.
+    names: HashSet<u64>,
+    /// What the client has: name id → version id.
+    client: HashMap<u64, u64>,
+    /// Names of resources the client said it has that meshd may not know
+    /// (from `initial_resource_versions`), to name them when removed.
+    client_names: HashMap<u64, String>,
+    /// The config of the last response, to name removed resources.
+    prev: Option<Arc<ProxyConfig>>,
     sent_nonce: Option<String>,
     sent_version: Option<String>,
 }
@@ -92,7 +101,7 @@ pub async fn run(
                     config = state.config_for(&snapshot, &proxy).await;
                     let mut failed = false;
                     for ty in PUSH_ORDER {
-                        if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, false).await.is_err() {
+                        if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, &[]).await.is_err() {
                             failed = true;
                             break;
                         }
@@ -113,7 +122,11 @@ pub async fn run(
 }
 
 impl Conn {
-    async fn handle(&mut self, req: DeltaDiscoveryRequest, config: &ProxyConfig) -> Result<(), ()> {
+    async fn handle(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        config: &Arc<ProxyConfig>,
+    ) -> Result<(), ()> {
         let Some(ty) = known_type(&req.type_url) else {
             tracing::warn!(conn = self.conn, type_url = %req.type_url, "delta request for a type meshd does not serve; ignored");
             return Ok(());
@@ -125,7 +138,12 @@ impl Conn {
         let first = !t.subscribed;
         if first {
             t.subscribed = true;
-            t.client = req.initial_resource_versions.clone();
+            for (name, v) in &req.initial_resource_versions {
+                let id = translate::name_id(name);
+                t.client
+                    .insert(id, u64::from_str_radix(v, 16).unwrap_or(u64::MAX));
+                t.client_names.insert(id, name.clone());
+            }
             t.wildcard = req.resource_names_subscribe.is_empty() && wildcard_by_default(ty);
         } else if t.sent_nonce.as_deref() == Some(req.response_nonce.as_str()) {
             t.pending = false;
@@ -149,7 +167,7 @@ impl Conn {
             if n == "*" {
                 t.wildcard = true;
             } else {
-                t.names.insert(n.clone());
+                t.names.insert(translate::name_id(n));
             }
             changed = true;
         }
@@ -157,30 +175,39 @@ impl Conn {
             if n == "*" {
                 t.wildcard = false;
             } else {
-                t.names.remove(n);
-                t.client.remove(n);
+                let id = translate::name_id(n);
+                t.names.remove(&id);
+                t.client.remove(&id);
+                t.client_names.remove(&id);
             }
             changed = true;
         }
         if changed {
-            return self.send(config, ty, true).await;
+            return self.send(config, ty, &req.resource_names_subscribe).await;
         }
         Ok(())
     }
 
     async fn send(
         &mut self,
-        config: &ProxyConfig,
+        config: &Arc<ProxyConfig>,
         ty: &'static str,
-        announce_missing: bool,
+        announce: &[String],
     ) -> Result<(), ()> {
         let t = self.types.entry(ty).or_default();
         let empty = Default::default();
         let all = config.get(ty).unwrap_or(&empty);
-        let wanted = |n: &String| t.wildcard || t.names.contains(n);
+        let mut present = HashSet::with_capacity(all.len());
+        let mut wanted_count = 0;
         let mut resources = Vec::new();
-        for (name, g) in all.iter().filter(|(n, _)| wanted(n)) {
-            if t.client.get(name) != Some(&g.version) {
+        for (name, g) in all {
+            let id = translate::name_id(name);
+            if !(t.wildcard || t.names.contains(&id)) {
+                continue;
+            }
+            wanted_count += 1;
+            present.insert(id);
+            if t.client.get(&id) != Some(&g.version_id) {
                 resources.push(Resource {
                     name: name.clone(),
                     version: g.version.clone(),
@@ -189,17 +216,37 @@ impl Conn {
                 });
             }
         }
-        let removed: Vec<String> = t
+        let gone: HashSet<u64> = t
             .client
             .keys()
-            .filter(|n| !all.contains_key(*n) || !wanted(n))
-            .cloned()
+            .filter(|id| !present.contains(*id))
+            .copied()
             .collect();
+        let mut removed: Vec<String> = Vec::new();
+        if !gone.is_empty() {
+            let prev = t.prev.as_ref().and_then(|p| p.get(ty));
+            for name in prev.into_iter().flat_map(|m| m.keys()) {
+                if gone.contains(&translate::name_id(name)) {
+                    removed.push(name.clone());
+                }
+            }
+            for id in &gone {
+                if let Some(name) = t.client_names.get(id)
+                    && !removed.contains(name)
+                {
+                    removed.push(name.clone());
+                }
+            }
+        }
         // An explicit subscription to a missing resource is answered by
         // naming it removed, so the client stops waiting for it.
-        let mut removed = removed;
-        for n in t.names.iter().filter(|_| announce_missing) {
-            if !all.contains_key(n) && !t.client.contains_key(n) && !removed.contains(n) {
+        for n in announce {
+            let id = translate::name_id(n);
+            if n != "*"
+                && !present.contains(&id)
+                && !t.client.contains_key(&id)
+                && !removed.contains(n)
+            {
                 removed.push(n.clone());
             }
         }
@@ -208,34 +255,63 @@ impl Conn {
         }
         self.slot.acquire().await;
         t.pending = true;
-        for r in &resources {
-            t.client.insert(r.name.clone(), r.version.clone());
+        for (name, g) in all {
+            let id = translate::name_id(name);
+            if present.contains(&id) {
+                t.client.insert(id, g.version_id);
+            }
         }
-        for n in &removed {
-            t.client.remove(n);
+        for id in gone {
+            t.client.remove(&id);
+            t.client_names.remove(&id);
         }
-        let nonce = self.state.nonce();
-        let version = translate::set_version_of(all.iter().filter(|(n, _)| wanted(n)));
-        let count = all.keys().filter(|n| wanted(n)).count();
-        t.sent_nonce = Some(nonce.clone());
+        t.prev = Some(config.clone());
+        let version = translate::set_version_of(
+            all.iter()
+                .filter(|(n, _)| present.contains(&translate::name_id(n))),
+        );
+        // Large updates go out in batches: smaller messages interleave
+        // better on a shared connection, and the per-stream encode buffer
+        // (which keeps its largest size) stays small.
+        let mut batches = Vec::new();
+        let mut rest = resources;
+        while rest.len() > DELTA_BATCH {
+            let tail = rest.split_off(DELTA_BATCH);
+            batches.push(rest);
+            rest = tail;
+        }
+        batches.push(rest);
+        let nonces: Vec<String> = batches.iter().map(|_| self.state.nonce()).collect();
+        let last_nonce = nonces.last().cloned().unwrap_or_default();
+        t.sent_nonce = Some(last_nonce.clone());
         t.sent_version = Some(version.clone());
         self.state.status.sent(
             self.conn,
             ty,
             &version,
-            &nonce,
-            count,
+            &last_nonce,
+            wanted_count,
             self.snapshot_version,
         );
         self.state.metrics.pushed(short_type(ty));
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources,
-            type_url: ty.to_string(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        };
-        self.tx.send(Ok(resp)).await.map_err(|_| ())
+        let n = batches.len();
+        let mut removed = Some(removed);
+        for (i, (batch, nonce)) in batches.into_iter().zip(nonces).enumerate() {
+            let resp = DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources: batch,
+                type_url: ty.to_string(),
+                // Removals ride on the last batch, after the additions.
+                removed_resources: if i + 1 == n {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                nonce,
+                ..Default::default()
+            };
+            self.tx.send(Ok(resp)).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 }

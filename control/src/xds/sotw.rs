@@ -3,7 +3,7 @@
 //! hashes, so a reconnecting proxy that already has the current version is
 //! not sent it again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +21,8 @@ struct TypeState {
     pending: bool,
     subscribed: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Ids ([`translate::name_id`]) of the names asked for.
+    names: HashSet<u64>,
     sent_version: Option<String>,
     sent_nonce: Option<String>,
 }
@@ -132,7 +133,12 @@ impl Conn {
             tracing::warn!(conn = self.conn, type_url = %req.type_url, "request for a type meshd does not serve; ignored");
             return Ok(());
         };
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let names: HashSet<u64> = req
+            .resource_names
+            .iter()
+            .map(|n| translate::name_id(n))
+            .collect();
+        let star = req.resource_names.iter().any(|n| n == "*");
         let t = self.types.entry(ty).or_default();
         if !req.response_nonce.is_empty() {
             if t.sent_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -162,7 +168,7 @@ impl Conn {
         }
         // A new subscription (or a reconnect that states what it has).
         t.subscribed = true;
-        t.wildcard = (names.is_empty() && wildcard_by_default(ty)) || names.contains("*");
+        t.wildcard = (names.is_empty() && wildcard_by_default(ty)) || star;
         t.names = names;
         if !req.version_info.is_empty() {
             let current = translate::set_version_of(selected(config, ty, t));
@@ -228,6 +234,9 @@ fn selected<'a>(
     if t.wildcard {
         Box::new(all.iter())
     } else {
-        Box::new(t.names.iter().filter_map(move |n| all.get_key_value(n)))
+        Box::new(
+            all.iter()
+                .filter(move |(n, _)| t.names.contains(&translate::name_id(n))),
+        )
     }
 }
