@@ -16,6 +16,7 @@ use crate::config::{Endpoint, Health, LbPolicy, LoadAssignment};
 #[derive(Debug, Default)]
 pub struct ClusterLb {
     cursor: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
 }
 
@@ -54,7 +55,29 @@ pub fn eligible(assignment: &LoadAssignment) -> Vec<&Endpoint> {
     Vec::new()
 }
 
+/// One admitted request (or connection) under the cluster's circuit
+/// breaker; dropping it releases the slot.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ClusterLb {
+    /// Admits one more request unless `max` are already in flight
+    /// (`None` when the breaker is open: Envoy's `UO`).
+    pub fn admit(&self, max: Option<u32>) -> Option<Admission> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(self.in_flight.clone());
+        match max {
+            Some(m) if now >= m as usize => None,
+            _ => Some(admission),
+        }
+    }
+
     fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
         let mut map = self.active.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(addr).or_default().clone()
@@ -196,6 +219,17 @@ mod tests {
         assert!(to_idle > 120, "{to_idle}");
         drop(held);
         assert_eq!(lb.in_flight(SocketAddr::from(([10, 0, 0, 1], 1))), 0);
+    }
+
+    #[test]
+    fn circuit_breaker_admits_up_to_the_threshold_and_frees_slots_on_drop() {
+        let lb = ClusterLb::default();
+        let a = lb.admit(Some(2)).unwrap();
+        let _b = lb.admit(Some(2)).unwrap();
+        assert!(lb.admit(Some(2)).is_none());
+        drop(a);
+        assert!(lb.admit(Some(2)).is_some());
+        assert!(lb.admit(None).is_some());
     }
 
     #[test]

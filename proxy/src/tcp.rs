@@ -88,6 +88,18 @@ pub async fn proxy<S>(
         log("NC", None, 0, 0);
         return;
     };
+    let max_connections = cluster
+        .circuit_breaker
+        .as_ref()
+        .and_then(|cb| cb.max_connections);
+    let Some(_admission) = shared
+        .balancers
+        .cluster(&cluster.name)
+        .admit(max_connections)
+    else {
+        log("UO", None, 0, 0);
+        return;
+    };
     let mut _active = None;
     let target = match &cluster.discovery {
         Discovery::OriginalDst => dst,

@@ -129,6 +129,16 @@ fn with_retry(mut r: xr::Route, retry_on: &str, n: u32) -> xr::Route {
     r
 }
 
+/// `/slow-limited` → `/slow` on cluster `limited` (max_requests 1).
+fn slow_limited() -> xr::Route {
+    let mut r = route("/slow-limited", "limited");
+    let Some(xr::route::Action::Route(ra)) = &mut r.action else {
+        unreachable!()
+    };
+    ra.prefix_rewrite = "/slow".into();
+    r
+}
+
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -204,6 +214,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             route("/down", "down"),
             route("/nocluster", "missing"),
             with_retry(route("/retry-flaky", "flaky-a"), "5xx", 2),
+            slow_limited(),
             route("/flaky-noretry", "flaky-b"),
             with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),
@@ -265,6 +276,20 @@ async fn setup() -> Env {
             any(&static_cluster("down", &[closed_port()])),
         ),
         ("echo".to_owned(), any(&static_cluster("echo", &[echo]))),
+        (
+            "limited".to_owned(),
+            any(&{
+                let mut c = static_cluster("limited", &[v1]);
+                c.circuit_breakers = Some(mesh_proto::envoy::pb::envoy::config::cluster::v3::CircuitBreakers {
+                thresholds: vec![mesh_proto::envoy::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
+                    max_requests: Some(wkt::UInt32Value { value: 1 }),
+                    ..Default::default()
+                }],
+                per_host_thresholds: vec![],
+            });
+                c
+            }),
+        ),
         (
             "flaky-a".to_owned(),
             any(&static_cluster("flaky-a", &[flaky().await])),
@@ -528,4 +553,16 @@ async fn retries_replay_bodiless_requests_on_the_configured_conditions() {
         let (s, body, _) = get(env.http, "reviews", "/retry-connect", &[]).await;
         assert_eq!(s, 200, "{body}");
     }
+}
+
+#[tokio::test]
+async fn circuit_breaker_rejects_requests_over_max_requests_with_uo() {
+    let env = setup().await;
+    let first = tokio::spawn(get(env.http, "reviews", "/slow-limited", &[]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, body, flags) = get(env.http, "reviews", "/slow-limited", &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "UO"), "{body}");
+    assert_eq!(first.await.unwrap().0, 200);
+    // The slot is free again.
+    assert_eq!(get(env.http, "reviews", "/slow-limited", &[]).await.0, 200);
 }

@@ -23,6 +23,8 @@ pub enum ResponseFlag {
     UpstreamConnectionTermination,
     /// The upstream request timed out (`UT`).
     UpstreamTimeout,
+    /// The cluster's circuit breaker is open (`UO`).
+    UpstreamOverflow,
     /// Aborted by fault injection (`FI`).
     FaultInjected,
     /// Delayed by fault injection (`DI`).
@@ -39,6 +41,7 @@ impl ResponseFlag {
             Self::UpstreamConnectFailure => "UF",
             Self::UpstreamConnectionTermination => "UC",
             Self::UpstreamTimeout => "UT",
+            Self::UpstreamOverflow => "UO",
             Self::FaultInjected => "FI",
             Self::DelayInjected => "DI",
         }
@@ -56,6 +59,9 @@ impl ResponseFlag {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
             Self::UpstreamTimeout => "upstream request timeout",
+            Self::UpstreamOverflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
             Self::FaultInjected => "fault filter abort",
             Self::DelayInjected => "fault filter delay",
         }

@@ -352,6 +352,16 @@ async fn forward(
         out.flag = Some(ResponseFlag::NoCluster);
         return local_reply(ResponseFlag::NoCluster, None);
     };
+    // Held for the whole request: the circuit breaker counts requests in
+    // flight to the cluster.
+    let max_requests = cluster
+        .circuit_breaker
+        .as_ref()
+        .and_then(|cb| cb.max_requests);
+    let Some(_admission) = shared.balancers.cluster(&cluster.name).admit(max_requests) else {
+        out.flag = Some(ResponseFlag::UpstreamOverflow);
+        return local_reply(ResponseFlag::UpstreamOverflow, None);
+    };
     let downstream_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
     let mut path = parts.uri.path().to_owned();
