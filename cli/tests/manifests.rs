@@ -401,3 +401,77 @@ fn dockerfiles_build_existing_crates_and_binaries() {
     let proxy = std::fs::read_to_string(dir.join("proxy.Dockerfile")).unwrap();
     assert!(proxy.contains("iptables"), "mesh-proxy init needs iptables");
 }
+
+#[test]
+fn kind_scripts_parse_with_bash_n() {
+    let dir = root().join("e2e/kind");
+    let mut scripts: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sh"))
+        .collect();
+    scripts.sort();
+    assert_eq!(scripts, ["common.sh", "demo.sh", "down.sh", "up.sh"]);
+    for s in &scripts {
+        let Some(out) = run_tool(
+            "kind_scripts_parse_with_bash_n",
+            "bash",
+            &["-n", &format!("e2e/kind/{s}")],
+        ) else {
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn kind_cluster_has_two_workers_in_different_zones() {
+    let text = std::fs::read_to_string(root().join("deploy/kind/cluster.yaml")).unwrap();
+    let cfg: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let nodes = cfg["nodes"].as_array().unwrap();
+    let zone = |n: &serde_json::Value| {
+        n["labels"]["topology.kubernetes.io/zone"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let workers: Vec<String> = nodes
+        .iter()
+        .filter(|n| n["role"] == "worker")
+        .map(zone)
+        .collect();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(workers.len(), 2);
+    assert_ne!(workers[0], workers[1]);
+}
+
+#[test]
+fn bookshop_passes_kubernetes_validate_strict() {
+    let Some(out) = run_tool(
+        "bookshop_passes_kubernetes_validate_strict",
+        "kubernetes-validate",
+        &["--strict", "-k", "1.33.0", "e2e/kind/bookshop.yaml"],
+    ) else {
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 13, "{text}");
+    for d in [
+        "productpage-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "ratings-v1",
+        "client",
+    ] {
+        assert!(text.contains(&format!("deployment/{d} ")), "{d}: {text}");
+    }
+}
