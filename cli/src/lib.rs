@@ -6,6 +6,7 @@ pub mod analyze;
 pub mod bootstrap;
 pub mod completion;
 pub mod inject;
+pub mod install;
 pub mod manifest;
 pub mod resources;
 pub mod status;
@@ -40,6 +41,8 @@ pub enum Command {
     Inject(inject::Args),
     /// Print the Kubernetes objects the mesh installs.
     Manifest(manifest::Args),
+    /// Install the mesh on Kubernetes (today: `--dry-run` only).
+    Install(install::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::Args),
 }
@@ -55,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Inject(a) => inject::run(a),
         Command::Manifest(a) => manifest::run(a),
+        Command::Install(a) => install::run(a),
         Command::Completion(a) => completion::run(a),
     }
 }

@@ -475,3 +475,37 @@ fn bookshop_passes_kubernetes_validate_strict() {
         assert!(text.contains(&format!("deployment/{d} ")), "{d}: {text}");
     }
 }
+
+#[test]
+fn install_dry_run_prints_what_manifest_generate_prints() {
+    let flags = [
+        "--profile",
+        "demo",
+        "--set",
+        "meshd.replicas=3",
+        "-n",
+        "mesh-demo",
+    ];
+    let install = meshctl(&[&["install", "--dry-run"][..], &flags[..]].concat());
+    let generate = meshctl(&[&["manifest", "generate"][..], &flags[..]].concat());
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    assert!(generate.status.success());
+    assert_eq!(install.stdout, generate.stdout);
+    assert!(String::from_utf8_lossy(&install.stdout).contains("replicas: 3"));
+}
+
+#[test]
+fn install_without_dry_run_says_it_cannot_apply_yet() {
+    let out = meshctl(&["install", "--profile", "minimal"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("meshctl manifest generate --profile minimal -n mesh-system | kubectl apply --server-side -f -"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
