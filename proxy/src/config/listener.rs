@@ -12,10 +12,11 @@ use mesh_proto::envoy::pb::envoy::extensions::filters::listener::tls_inspector::
 use mesh_proto::envoy::pb::envoy::extensions::filters::network::tcp_proxy::v3 as xtcp;
 use serde::Serialize;
 
+use super::action::{ClusterTarget, WeightedTarget};
 use super::check::{decode_any, opt_duration, reject_set};
 use super::endpoint::socket_address;
+use super::headers::HeaderMutation;
 use super::http::{HttpConnectionManager, hcm};
-use super::route::{ClusterTarget, HeaderMutation, WeightedTarget};
 use super::tls::{self, DownstreamTls};
 use super::{ConfigError, Ctx};
 

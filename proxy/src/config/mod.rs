@@ -7,9 +7,11 @@
 // that a set deprecated field is rejected by name like any other.
 #![allow(deprecated)]
 
+mod action;
 pub(crate) mod check;
 mod cluster;
 mod endpoint;
+mod headers;
 mod http;
 mod listener;
 mod matcher;
@@ -20,10 +22,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+pub use action::{
+    ClusterTarget, DirectResponse, ForwardAction, Redirect, RetryPolicy, WeightedTarget,
+};
 pub use cluster::{
     CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection, UpstreamProtocol,
 };
 pub use endpoint::{Endpoint, Health, LoadAssignment};
+pub use headers::{AppendAction, HeaderAdd, HeaderMutation};
 pub use http::{
     FaultAbort, FaultConfig, FaultDelay, HttpConnectionManager, HttpFilter, RouteSource,
 };
@@ -32,11 +38,7 @@ pub use listener::{
     TransportProtocol,
 };
 pub use matcher::{CasedMatch, HeaderMatch, HeaderMatchKind, QueryMatch, StringMatch};
-pub use route::{
-    AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderAdd, HeaderMutation,
-    PathMatch, Redirect, RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch, VirtualHost,
-    WeightedTarget,
-};
+pub use route::{PathMatch, Route, RouteAction, RouteConfig, RouteMatch, VirtualHost};
 pub use tls::{DownstreamTls, UpstreamTls};
 
 /// One immutable view of everything the proxy was configured with. The xDS

@@ -1,0 +1,246 @@
+//! Forwarding a routed request upstream: endpoint choice, circuit
+//! breaker, path/host rewrite, header changes, timeouts and retries.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use rand::Rng;
+use tracing::debug;
+
+use super::flags::{ProxyBody, ResponseFlag, local_reply, text};
+use super::router::{apply_adds, apply_removes, pick_cluster};
+use super::upstream::{self, UpstreamError};
+use super::{ConnInfo, DEFAULT_ROUTE_TIMEOUT, HOP_BY_HOP, Outcome, rewrite_prefix};
+use crate::config::{Discovery, ForwardAction, ProxyConfig, Route};
+use crate::runtime::Shared;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    req: Request<Incoming>,
+    f: &ForwardAction,
+    route: &Route,
+    mutations: &[&crate::config::HeaderMutation; 3],
+    config: &ProxyConfig,
+    shared: &Shared,
+    info: &ConnInfo,
+    authority: &str,
+    out: &mut Outcome,
+) -> Response<ProxyBody> {
+    let (cluster_name, pick_headers) =
+        pick_cluster(&f.target, |total| rand::rng().random_range(0..total));
+    out.cluster = cluster_name.to_owned();
+    let Some(cluster) = config.clusters.get(cluster_name) else {
+        out.flag = Some(ResponseFlag::NoCluster);
+        return local_reply(ResponseFlag::NoCluster, None);
+    };
+    // Held for the whole request: the circuit breaker counts requests in
+    // flight to the cluster.
+    let max_requests = cluster
+        .circuit_breaker
+        .as_ref()
+        .and_then(|cb| cb.max_requests);
+    let Some(_admission) = shared.balancers.cluster(&cluster.name).admit(max_requests) else {
+        out.flag = Some(ResponseFlag::UpstreamOverflow);
+        return local_reply(ResponseFlag::UpstreamOverflow, None);
+    };
+    let downstream_h2 = req.version() == http::Version::HTTP_2;
+    let (mut parts, body) = req.into_parts();
+    let mut path = parts.uri.path().to_owned();
+    if let Some(pre) = &f.prefix_rewrite {
+        path = rewrite_prefix(route, &path, pre);
+    }
+    if let Some((re, sub)) = &f.regex_rewrite {
+        path = re.replace_all(&path, sub.as_str()).into_owned();
+    }
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    let host = f.host_rewrite.as_deref().unwrap_or(authority);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    for m in pick_headers.into_iter().chain(mutations.iter().copied()) {
+        apply_removes(&mut parts.headers, &m.request_remove);
+        apply_adds(&mut parts.headers, &m.request_add);
+    }
+    let deadline = match f.timeout {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    }
+    .map(|t| tokio::time::Instant::now() + t);
+    // Bodies are streamed, not buffered, so only requests without a body
+    // can be replayed; others get one try (see docs/proxy.md).
+    let retry = f
+        .retry
+        .as_ref()
+        .filter(|r| r.num_retries > 0 && hyper::body::Body::is_end_stream(&body));
+    let attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
+    let mut body = Some(body.boxed());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let more = attempt < attempts;
+        // Held until the response headers arrive, for least-request accounting.
+        let mut _active = None;
+        let target = match &cluster.discovery {
+            Discovery::OriginalDst => info.dst,
+            _ => {
+                let picked = config.cluster_endpoints(cluster).and_then(|la| {
+                    shared
+                        .balancers
+                        .cluster(&cluster.name)
+                        .pick(cluster.lb_policy, &la)
+                });
+                let Some(active) = picked else {
+                    out.flag = Some(ResponseFlag::NoHealthyUpstream);
+                    return local_reply(ResponseFlag::NoHealthyUpstream, None);
+                };
+                let addr = active.address;
+                _active = Some(active);
+                addr
+            }
+        };
+        out.upstream = Some(target);
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query(path_and_query.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
+        };
+        let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        type Call = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
+        >;
+        let call: Call = match &cluster.tls {
+            Some(tls) => {
+                out.upstream_mtls = true;
+                Box::pin(upstream::send_mtls(
+                    request,
+                    target,
+                    cluster.connect_timeout,
+                    tls.clone(),
+                    shared.svid.clone(),
+                ))
+            }
+            None => {
+                let client = shared.upstreams.client(cluster, downstream_h2);
+                Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
+            }
+        };
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout)
+            .map(|t| tokio::time::Instant::now() + t);
+        let try_deadline = match (deadline, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match try_deadline {
+            Some(d) => match tokio::time::timeout_at(d, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let overall = deadline.is_some_and(|o| o <= tokio::time::Instant::now());
+                    if more && !overall && retry.is_some_and(|r| retry_on(r, RetryCause::Timeout)) {
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    out.flag = Some(ResponseFlag::UpstreamTimeout);
+                    return local_reply(ResponseFlag::UpstreamTimeout, None);
+                }
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(resp) => {
+                if more
+                    && retry
+                        .is_some_and(|r| retry_on(r, RetryCause::Status(resp.status().as_u16())))
+                {
+                    debug!(status = resp.status().as_u16(), attempt, cluster = %cluster.name, "retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                let (mut parts, body) = resp.into_parts();
+                for h in HOP_BY_HOP {
+                    parts.headers.remove(*h);
+                }
+                return Response::from_parts(parts, body.boxed());
+            }
+            Err(e) => {
+                let (flag, cause) = if e.is_connect() {
+                    (
+                        ResponseFlag::UpstreamConnectFailure,
+                        RetryCause::ConnectFailure,
+                    )
+                } else {
+                    (
+                        ResponseFlag::UpstreamConnectionTermination,
+                        RetryCause::Reset,
+                    )
+                };
+                debug!(error = %e, cluster = %cluster.name, upstream = %target, attempt, "upstream request failed");
+                if more && retry.is_some_and(|r| retry_on(r, cause)) {
+                    backoff(attempt).await;
+                    continue;
+                }
+                out.flag = Some(flag);
+                return local_reply(flag, None);
+            }
+        }
+    }
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// What went wrong with one try.
+#[derive(Debug, Clone, Copy)]
+enum RetryCause {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+/// Envoy's `retry_on` conditions that the proxy implements.
+fn retry_on(policy: &crate::config::RetryPolicy, cause: RetryCause) -> bool {
+    policy
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .any(|cond| match (cond, cause) {
+            ("5xx", RetryCause::Status(s)) => s >= 500,
+            ("5xx", _) => true,
+            ("gateway-error", RetryCause::Status(s)) => matches!(s, 502..=504),
+            ("gateway-error", _) => true,
+            ("connect-failure", RetryCause::ConnectFailure) => true,
+            ("reset", RetryCause::Reset | RetryCause::ConnectFailure) => true,
+            ("retriable-status-codes", RetryCause::Status(s)) => {
+                policy.retriable_status_codes.contains(&u32::from(s))
+            }
+            // gRPC `unavailable` / `cancelled` come as grpc-status trailers
+            // and `refused-stream` as an h2 reset: not detected yet.
+            _ => false,
+        })
+}
+
+/// Envoy's default retry back-off: 25 ms base, doubling, capped at 250 ms.
+async fn backoff(attempt: u32) {
+    let ms = 25u64.saturating_mul(1 << attempt.min(4)).min(250);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
