@@ -33,5 +33,12 @@ if ! command -v kubernetes-validate >/dev/null; then
     || echo "test.sh: could not install kubernetes-validate; manifest tests will report it" >&2
 fi
 
+# Real Helm (its Go library, shipped in this PyPI package) to check that the
+# chart renders the same objects as `meshctl manifest generate`.
+if ! python3 -c 'import helm_python' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk >&2 \
+    || echo "test.sh: could not install helm-python-sdk; the Helm equivalence test will report it" >&2
+fi
+
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"
