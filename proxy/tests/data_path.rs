@@ -65,6 +65,41 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// Answers `Upgrade: echo` with 101, then echoes bytes on the upgraded connection.
+async fn upgrade_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let mut io = TokioIo::new(on.await.unwrap());
+                            let mut buf = [0u8; 4];
+                            io.read_exact(&mut buf).await.unwrap();
+                            io.write_all(&buf).await.unwrap();
+                        });
+                        let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                        r.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 async fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -215,6 +250,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             route("/nocluster", "missing"),
             with_retry(route("/retry-flaky", "flaky-a"), "5xx", 2),
             slow_limited(),
+            route("/ws", "upgrade"),
             route("/flaky-noretry", "flaky-b"),
             with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),
@@ -276,6 +312,10 @@ async fn setup() -> Env {
             any(&static_cluster("down", &[closed_port()])),
         ),
         ("echo".to_owned(), any(&static_cluster("echo", &[echo]))),
+        (
+            "upgrade".to_owned(),
+            any(&static_cluster("upgrade", &[upgrade_backend().await])),
+        ),
         (
             "limited".to_owned(),
             any(&{
@@ -565,4 +605,37 @@ async fn circuit_breaker_rejects_requests_over_max_requests_with_uo() {
     assert_eq!(first.await.unwrap().0, 200);
     // The slot is free again.
     assert_eq!(get(env.http, "reviews", "/slow-limited", &[]).await.0, 200);
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_spliced_after_101() {
+    let env = setup().await;
+    let mut s = tokio::net::TcpStream::connect(env.http).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
 }

@@ -18,7 +18,7 @@ use crate::runtime::Shared;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     f: &ForwardAction,
     route: &Route,
     mutations: &[&crate::config::HeaderMutation; 3],
@@ -46,6 +46,10 @@ pub(super) async fn forward(
         return local_reply(ResponseFlag::UpstreamOverflow, None);
     };
     let downstream_h2 = req.version() == http::Version::HTTP_2;
+    // HTTP/1.1 `Upgrade` (WebSocket and friends): the upgrade headers pass
+    // through and, on 101, the two connections are spliced.
+    let upgrade = is_upgrade(&req);
+    let mut downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let mut path = parts.uri.path().to_owned();
     if let Some(pre) = &f.prefix_rewrite {
@@ -58,8 +62,16 @@ pub(super) async fn forward(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
+    let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
     for h in HOP_BY_HOP {
         parts.headers.remove(*h);
+    }
+    if let (true, Some(u)) = (upgrade, upgrade_value) {
+        parts.headers.insert(http::header::UPGRADE, u);
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
     }
     let host = f.host_rewrite.as_deref().unwrap_or(authority);
     if let Ok(v) = HeaderValue::from_str(host) {
@@ -124,21 +136,20 @@ pub(super) async fn forward(
         type Call = std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
         >;
-        let call: Call = match &cluster.tls {
-            Some(tls) => {
-                out.upstream_mtls = true;
-                Box::pin(upstream::send_mtls(
-                    request,
-                    target,
-                    cluster.connect_timeout,
-                    tls.clone(),
-                    shared.svid.clone(),
-                ))
-            }
-            None => {
-                let client = shared.upstreams.client(cluster, downstream_h2);
-                Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
-            }
+        if cluster.tls.is_some() {
+            out.upstream_mtls = true;
+        }
+        let call: Call = if upgrade || cluster.tls.is_some() {
+            Box::pin(upstream::send_dedicated(
+                request,
+                target,
+                cluster.connect_timeout,
+                cluster.tls.clone(),
+                shared.svid.clone(),
+            ))
+        } else {
+            let client = shared.upstreams.client(cluster, downstream_h2);
+            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
         };
         let per_try = retry
             .and_then(|r| r.per_try_timeout)
@@ -172,6 +183,15 @@ pub(super) async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
+                let mut resp = resp;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(down) = downstream_upgrade.take()
+                {
+                    let up = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(splice(down, up));
+                    let (parts, body) = resp.into_parts();
+                    return Response::from_parts(parts, body.boxed());
+                }
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     parts.headers.remove(*h);
@@ -199,6 +219,35 @@ pub(super) async fn forward(
                 return local_reply(flag, None);
             }
         }
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Copies bytes both ways between the upgraded downstream and upstream
+/// connections until both sides close.
+async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let mut down = hyper_util::rt::TokioIo::new(down);
+            let mut up = hyper_util::rt::TokioIo::new(up);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        Err(error) => debug!(%error, "upgrade failed"),
     }
 }
 

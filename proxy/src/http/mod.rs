@@ -68,7 +68,10 @@ pub async fn serve_connection<S>(
         async move { Ok::<_, Infallible>(handle(req, &hcm, &shared, &info).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
         debug!(%error, "downstream HTTP connection ended with an error");
     }
 }

@@ -92,13 +92,14 @@ impl UpstreamError {
     }
 }
 
-/// Sends one request over a fresh mTLS connection (HTTP/1.1 inside TLS).
-/// Not pooled yet: see docs/proxy.md.
-pub async fn send_mtls(
+/// Sends one request over a dedicated connection (mTLS when `tls` is set),
+/// with HTTP/1.1 upgrades enabled: used for mTLS clusters (not pooled yet,
+/// see docs/proxy.md) and for `Upgrade` requests such as WebSocket.
+pub async fn send_dedicated(
     req: http::Request<super::flags::ProxyBody>,
     target: std::net::SocketAddr,
     connect_timeout: Duration,
-    tls: crate::config::UpstreamTls,
+    tls: Option<crate::config::UpstreamTls>,
     svid: crate::tls::SvidReceiver,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
@@ -106,15 +107,30 @@ pub async fn send_mtls(
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?
         .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
     let _ = tcp.set_nodelay(true);
-    let stream = crate::tls::connect(tcp, &svid, &tls)
-        .await
-        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    match tls {
+        Some(tls) => {
+            let stream = crate::tls::connect(tcp, &svid, &tls)
+                .await
+                .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+            exchange(stream, req).await
+        }
+        None => exchange(tcp, req).await,
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    req: http::Request<super::flags::ProxyBody>,
+) -> Result<http::Response<Incoming>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     let (mut parts, body) = req.into_parts();
     // Origin-form on the wire, as the pooled client does itself.
