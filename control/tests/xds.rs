@@ -389,3 +389,52 @@ async fn delta_subscribing_more_names_sends_only_the_new_ones() {
     let names: Vec<&str> = second.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec![b]);
 }
+
+#[tokio::test]
+async fn delta_names_removed_clusters_after_a_delete() {
+    let (_dir, meshd) = start().await;
+    call(
+        meshd.http_addr,
+        "POST",
+        "/apis/v1/apply",
+        &CONFIG.replace("backend", "other"),
+    )
+    .await;
+    wait_services(meshd.http_addr, 2).await;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
+            .await
+            .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node("delta-rm"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let other = "outbound|80||other.default.svc.cluster.local";
+    assert!(first.resources.iter().any(|r| r.name == other));
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CDS.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (status, _) = call(meshd.http_addr, "DELETE", "/apis/v1/se/default/other", "").await;
+    assert_eq!(status, 200);
+    let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(update.removed_resources, vec![other.to_string()]);
+    assert!(update.resources.is_empty());
+}

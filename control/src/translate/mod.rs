@@ -57,6 +57,8 @@ pub struct Generated {
     pub version: String,
     /// The same hash as a number.
     pub version_id: u64,
+    /// [`name_id`] of the resource's name (set by [`generate`]).
+    pub name_id: u64,
 }
 
 /// A proxy's resources by type URL, then by name.
@@ -73,6 +75,7 @@ pub fn pack<T: Message + Name>(msg: &T) -> Generated {
         },
         version: format!("{version_id:016x}"),
         version_id,
+        name_id: 0,
     }
 }
 
@@ -82,13 +85,13 @@ pub fn set_version(resources: &BTreeMap<String, Generated>) -> String {
 }
 
 /// [`set_version`] over any (name, resource) sequence, without collecting it.
+/// Mixes the precomputed name and content ids: cheap enough to run per
+/// stream and push.
 pub fn set_version_of<'a>(resources: impl Iterator<Item = (&'a String, &'a Generated)>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, g) in resources {
-        for b in name.bytes().chain(g.version.bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+    for (_, g) in resources {
+        h = (h ^ g.name_id).wrapping_mul(0x0000_0100_0000_01b3);
+        h = (h ^ g.version_id).wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
 }
@@ -236,6 +239,11 @@ pub fn generate(snapshot: &Snapshot, proxy: &ProxyNode) -> ProxyConfig {
     let (clusters, eds_names) = clusters::clusters(&ctx);
     out.insert(CLUSTER_TYPE, clusters);
     out.insert(ENDPOINT_TYPE, endpoints::load_assignments(&ctx, &eds_names));
+    for resources in out.values_mut() {
+        for (name, g) in resources.iter_mut() {
+            g.name_id = name_id(name);
+        }
+    }
     out
 }
 

@@ -197,17 +197,20 @@ impl Conn {
         let t = self.types.entry(ty).or_default();
         let empty = Default::default();
         let all = config.get(ty).unwrap_or(&empty);
-        let mut present = HashSet::with_capacity(all.len());
+        let wanted = |t: &TypeState, id: u64| t.wildcard || t.names.contains(&id);
         let mut wanted_count = 0;
+        let mut matched = 0;
         let mut resources = Vec::new();
         for (name, g) in all {
-            let id = translate::name_id(name);
-            if !(t.wildcard || t.names.contains(&id)) {
+            if !wanted(t, g.name_id) {
                 continue;
             }
             wanted_count += 1;
-            present.insert(id);
-            if t.client.get(&id) != Some(&g.version_id) {
+            let known = t.client.get(&g.name_id);
+            if known.is_some() {
+                matched += 1;
+            }
+            if known != Some(&g.version_id) {
                 resources.push(Resource {
                     name: name.clone(),
                     version: g.version.clone(),
@@ -216,17 +219,27 @@ impl Conn {
                 });
             }
         }
-        let gone: HashSet<u64> = t
-            .client
-            .keys()
-            .filter(|id| !present.contains(*id))
-            .copied()
-            .collect();
+        // Every name the client has matched a wanted one: nothing is gone
+        // (the common case; no set needs building).
+        let gone: HashSet<u64> = if matched == t.client.len() {
+            HashSet::new()
+        } else {
+            let present: HashSet<u64> = all
+                .values()
+                .filter(|g| wanted(t, g.name_id))
+                .map(|g| g.name_id)
+                .collect();
+            t.client
+                .keys()
+                .filter(|id| !present.contains(*id))
+                .copied()
+                .collect()
+        };
         let mut removed: Vec<String> = Vec::new();
         if !gone.is_empty() {
             let prev = t.prev.as_ref().and_then(|p| p.get(ty));
-            for name in prev.into_iter().flat_map(|m| m.keys()) {
-                if gone.contains(&translate::name_id(name)) {
+            for (name, g) in prev.into_iter().flatten() {
+                if gone.contains(&g.name_id) {
                     removed.push(name.clone());
                 }
             }
@@ -243,7 +256,7 @@ impl Conn {
         for n in announce {
             let id = translate::name_id(n);
             if n != "*"
-                && !present.contains(&id)
+                && !all.contains_key(n)
                 && !t.client.contains_key(&id)
                 && !removed.contains(n)
             {
@@ -255,21 +268,18 @@ impl Conn {
         }
         self.slot.acquire().await;
         t.pending = true;
-        for (name, g) in all {
-            let id = translate::name_id(name);
-            if present.contains(&id) {
-                t.client.insert(id, g.version_id);
-            }
+        for r in &resources {
+            t.client.insert(
+                translate::name_id(&r.name),
+                u64::from_str_radix(&r.version, 16).unwrap_or(u64::MAX),
+            );
         }
         for id in gone {
             t.client.remove(&id);
             t.client_names.remove(&id);
         }
         t.prev = Some(config.clone());
-        let version = translate::set_version_of(
-            all.iter()
-                .filter(|(n, _)| present.contains(&translate::name_id(n))),
-        );
+        let version = translate::set_version_of(all.iter().filter(|(_, g)| wanted(t, g.name_id)));
         // Large updates go out in batches: smaller messages interleave
         // better on a shared connection, and the per-stream encode buffer
         // (which keeps its largest size) stays small.

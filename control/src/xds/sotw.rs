@@ -236,7 +236,7 @@ fn selected<'a>(
     } else {
         Box::new(
             all.iter()
-                .filter(move |(n, _)| t.names.contains(&translate::name_id(n))),
+                .filter(move |(_, g)| t.names.contains(&g.name_id)),
         )
     }
 }
