@@ -17,6 +17,8 @@ use crate::config::{Endpoint, Health, LbPolicy, LoadAssignment};
 pub struct ClusterLb {
     cursor: AtomicUsize,
     in_flight: Arc<AtomicUsize>,
+    /// Passive outlier detection state.
+    pub outliers: crate::outlier::Outliers,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
 }
 
@@ -89,9 +91,18 @@ impl ClusterLb {
 
     /// Picks an endpoint, or None when none is eligible (`UH`).
     pub fn pick(&self, policy: LbPolicy, assignment: &LoadAssignment) -> Option<ActiveRequest> {
-        let hosts = eligible(assignment);
+        let mut hosts = eligible(assignment);
         if hosts.is_empty() {
             return None;
+        }
+        // Ejected outliers sit out, unless that would leave nobody.
+        let kept: Vec<&Endpoint> = hosts
+            .iter()
+            .copied()
+            .filter(|e| !self.outliers.is_ejected(e.address))
+            .collect();
+        if !kept.is_empty() {
+            hosts = kept;
         }
         let total: u64 = hosts.iter().map(|e| u64::from(e.weight)).sum();
         let weighted_at = |mut n: u64| {

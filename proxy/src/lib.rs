@@ -10,6 +10,7 @@ pub mod http;
 pub mod lb;
 pub mod listener;
 pub mod metrics;
+pub mod outlier;
 pub mod runtime;
 pub mod tcp;
 pub mod tls;

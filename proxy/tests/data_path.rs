@@ -251,6 +251,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             with_retry(route("/retry-flaky", "flaky-a"), "5xx", 2),
             slow_limited(),
             route("/ws", "upgrade"),
+            route("/outlier", "outlier"),
             route("/flaky-noretry", "flaky-b"),
             with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),
@@ -312,6 +313,20 @@ async fn setup() -> Env {
             any(&static_cluster("down", &[closed_port()])),
         ),
         ("echo".to_owned(), any(&static_cluster("echo", &[echo]))),
+        (
+            "outlier".to_owned(),
+            any(&{
+                let mut c = static_cluster("outlier", &[closed_port(), v1]);
+                c.outlier_detection = Some(
+                    mesh_proto::envoy::pb::envoy::config::cluster::v3::OutlierDetection {
+                        consecutive_5xx: Some(wkt::UInt32Value { value: 2 }),
+                        max_ejection_percent: Some(wkt::UInt32Value { value: 50 }),
+                        ..Default::default()
+                    },
+                );
+                c
+            }),
+        ),
         (
             "upgrade".to_owned(),
             any(&static_cluster("upgrade", &[upgrade_backend().await])),
@@ -638,4 +653,20 @@ async fn upgrade_requests_are_spliced_after_101() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn failing_endpoint_is_ejected_by_outlier_detection() {
+    let env = setup().await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(env.http, "reviews", "/outlier", &[]).await.0);
+    }
+    // Round robin hits the dead endpoint until two consecutive failures eject it.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
 }

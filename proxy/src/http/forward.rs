@@ -173,6 +173,28 @@ pub(super) async fn forward(
             },
             None => call.await,
         };
+        if let Some(od) = &cluster.outlier_detection
+            && !matches!(cluster.discovery, Discovery::OriginalDst)
+        {
+            use crate::outlier::TryResult;
+            let outcome = match &result {
+                Ok(r) if matches!(r.status().as_u16(), 502..=504) => TryResult::GatewayError,
+                Ok(r) if r.status().is_server_error() => TryResult::ServerError,
+                Ok(_) => TryResult::Success,
+                Err(_) => TryResult::GatewayError,
+            };
+            let hosts = config
+                .cluster_endpoints(cluster)
+                .map_or(0, |la| la.endpoints.len());
+            if shared
+                .balancers
+                .cluster(&cluster.name)
+                .outliers
+                .report(od, hosts, target, outcome)
+            {
+                tracing::info!(cluster = %cluster.name, endpoint = %target, "outlier ejected");
+            }
+        }
         match result {
             Ok(resp) => {
                 if more
