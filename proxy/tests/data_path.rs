@@ -100,6 +100,42 @@ async fn upgrade_backend() -> SocketAddr {
     addr
 }
 
+/// Records the Host header of every request it gets.
+async fn recorder(seen: Arc<std::sync::Mutex<Vec<String>>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        seen.lock()
+                            .unwrap()
+                            .push(format!("{} {host}", req.uri().path()));
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 async fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -252,6 +288,18 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             slow_limited(),
             route("/ws", "upgrade"),
             route("/outlier", "outlier"),
+            {
+                let mut r = route("/mirror", "v1");
+                let Some(xr::route::Action::Route(ra)) = &mut r.action else {
+                    unreachable!()
+                };
+                ra.request_mirror_policies
+                    .push(xr::route_action::RequestMirrorPolicy {
+                        cluster: "shadow".into(),
+                        ..Default::default()
+                    });
+                r
+            },
             route("/flaky-noretry", "flaky-b"),
             with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),
@@ -261,6 +309,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
 
 struct Env {
     shared: Arc<Shared>,
+    mirrored: Arc<std::sync::Mutex<Vec<String>>>,
     ads: FakeAds,
     rx: watch::Receiver<Arc<ProxyConfig>>,
     http: SocketAddr,
@@ -273,6 +322,8 @@ async fn setup() -> Env {
         backend("v2").await,
         echo_server().await,
     );
+    let mirrored = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shadow = recorder(mirrored.clone()).await;
     let mut ads = FakeAds::start().await;
     let mut cfg = XdsClientConfig::new(ads.url(), NodeIdentity::default());
     cfg.initial_backoff = Duration::from_millis(20);
@@ -326,6 +377,10 @@ async fn setup() -> Env {
                 );
                 c
             }),
+        ),
+        (
+            "shadow".to_owned(),
+            any(&static_cluster("shadow", &[shadow])),
         ),
         (
             "upgrade".to_owned(),
@@ -417,6 +472,7 @@ async fn setup() -> Env {
     .unwrap();
     Env {
         shared,
+        mirrored,
         ads,
         rx,
         http,
@@ -669,4 +725,21 @@ async fn failing_endpoint_is_ejected_by_outlier_detection() {
         "{statuses:?}"
     );
     assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn mirrored_requests_reach_the_shadow_cluster_with_a_shadow_host() {
+    let env = setup().await;
+    let (s, body, _) = get(env.http, "reviews:9080", "/mirror/x", &[]).await;
+    assert_eq!((s, body.starts_with("v1 /mirror/x")), (200, true), "{body}");
+    for _ in 0..100 {
+        if !env.mirrored.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *env.mirrored.lock().unwrap(),
+        ["/mirror/x reviews-shadow:9080"]
+    );
 }

@@ -94,6 +94,9 @@ pub(super) async fn forward(
         .as_ref()
         .filter(|r| r.num_retries > 0 && hyper::body::Body::is_end_stream(&body));
     let attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
+    if !f.mirrors.is_empty() && hyper::body::Body::is_end_stream(&body) {
+        mirror(f, &parts, &path_and_query, host, config, shared);
+    }
     let mut body = Some(body.boxed());
     let mut attempt = 0;
     loop {
@@ -241,6 +244,64 @@ pub(super) async fn forward(
                 return local_reply(flag, None);
             }
         }
+    }
+}
+
+/// Sends shadow copies of a bodiless request to the mirror clusters, with
+/// `-shadow` appended to the host as Envoy does; responses are discarded.
+fn mirror(
+    f: &ForwardAction,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    host: &str,
+    config: &ProxyConfig,
+    shared: &Shared,
+) {
+    for (name, fraction) in &f.mirrors {
+        if !rand::rng().random_bool(fraction.clamp(0.0, 1.0)) {
+            continue;
+        }
+        let Some(cluster) = config.clusters.get(name) else {
+            continue;
+        };
+        if cluster.tls.is_some() {
+            // Shadowing over mTLS would need a dedicated connection per copy.
+            continue;
+        }
+        let Some(active) = config.cluster_endpoints(cluster).and_then(|la| {
+            shared
+                .balancers
+                .cluster(&cluster.name)
+                .pick(cluster.lb_policy, &la)
+        }) else {
+            continue;
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(active.address.to_string())
+            .path_and_query(path_and_query)
+            .build()
+        else {
+            continue;
+        };
+        let mut req = Request::new(empty_body());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = parts.headers.clone();
+        let shadow_host = match host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => format!("{h}-shadow:{p}"),
+            _ => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow_host) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let client = shared.upstreams.client(cluster, false);
+        tokio::spawn(async move {
+            let _active = active;
+            if let Err(error) = client.request(req).await {
+                debug!(%error, "mirror request failed");
+            }
+        });
     }
 }
 
