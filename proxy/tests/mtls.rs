@@ -364,17 +364,21 @@ async fn strict_inbound_refuses_plaintext() {
 }
 
 #[tokio::test]
-async fn rotated_svid_is_used_by_new_connections() {
+async fn rotation_keeps_established_connections_and_new_handshakes_use_the_new_svid() {
     let env = setup().await;
     assert_eq!(get(env.out, "/before").await.unwrap().0, 200);
     env.svid_tx.send_replace(Some(Arc::new(env.ca.svid(ID))));
     assert_eq!(get(env.out, "/after").await.unwrap().0, 200);
-    // A certificate from another CA is not trusted by the old bundle's peer.
+    // Rotate to a certificate from another CA, which peers do not trust.
     let other = Ca::new();
     let mut foreign = other.svid(ID);
     foreign.roots = env.ca.svid(ID).roots;
     env.svid_tx.send_replace(Some(Arc::new(foreign)));
-    let (s, _, flags) = get(env.out, "/foreign").await.unwrap();
+    // The pooled connection made before the rotation keeps working...
+    assert_eq!(get(env.out, "/still").await.unwrap().0, 200);
+    // ...while a new handshake (first request to another cluster) presents
+    // the new certificate and is refused.
+    let (s, _, flags) = get(env.out, "/permissive").await.unwrap();
     assert_eq!((s, flags.as_str()), (503, "UF"));
 }
 

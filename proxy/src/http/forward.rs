@@ -136,23 +136,38 @@ pub(super) async fn forward(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
-        type Call = std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>,
+        type Call<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>>
+                    + Send
+                    + 'a,
+            >,
         >;
         if cluster.tls.is_some() {
             out.upstream_mtls = true;
         }
-        let call: Call = if upgrade || cluster.tls.is_some() {
-            Box::pin(upstream::send_dedicated(
+        let call: Call<'_> = match (&cluster.tls, upgrade) {
+            (tls, true) => Box::pin(upstream::send_dedicated(
                 request,
                 target,
                 cluster.connect_timeout,
-                cluster.tls.clone(),
+                tls.clone(),
                 shared.svid.clone(),
-            ))
-        } else {
-            let client = shared.upstreams.client(cluster, downstream_h2);
-            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
+            )),
+            (Some(tls), false) => {
+                let (name, tls, svid) = (cluster.name.clone(), tls.clone(), shared.svid.clone());
+                let timeout = cluster.connect_timeout;
+                Box::pin(async move {
+                    shared
+                        .upstreams
+                        .send_mtls_pooled(&name, request, target, timeout, tls, svid)
+                        .await
+                })
+            }
+            (None, false) => {
+                let client = shared.upstreams.client(cluster, downstream_h2);
+                Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
+            }
         };
         let per_try = retry
             .and_then(|r| r.per_try_timeout)

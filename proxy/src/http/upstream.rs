@@ -23,10 +23,17 @@ struct Settings {
     http2: bool,
 }
 
-/// Clients by cluster name.
+type Sender = hyper::client::conn::http1::SendRequest<super::flags::ProxyBody>;
+
+/// Most idle mTLS connections kept per cluster endpoint.
+const MAX_IDLE_MTLS: usize = 32;
+
+/// Clients by cluster name, and idle mTLS connections by cluster and
+/// endpoint.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<String, (Settings, HttpClient)>>,
+    mtls_idle: Mutex<HashMap<(String, std::net::SocketAddr), Vec<Sender>>>,
 }
 
 impl Upstreams {
@@ -92,9 +99,76 @@ impl UpstreamError {
     }
 }
 
+impl Upstreams {
+    /// Sends a request over a pooled mTLS connection to `target`, opening
+    /// one when no idle connection is at hand. A connection goes back to the
+    /// pool as soon as the request is sent; it is reused once its response
+    /// has been read (`is_ready`).
+    pub async fn send_mtls_pooled(
+        &self,
+        cluster: &str,
+        req: http::Request<super::flags::ProxyBody>,
+        target: std::net::SocketAddr,
+        connect_timeout: Duration,
+        tls: crate::config::UpstreamTls,
+        svid: crate::tls::SvidReceiver,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let key = (cluster.to_owned(), target);
+        let idle = {
+            let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
+            let list = pool.entry(key.clone()).or_default();
+            list.retain(|s| !s.is_closed());
+            list.iter()
+                .position(|s| s.is_ready())
+                .map(|i| list.swap_remove(i))
+        };
+        let mut sender = match idle {
+            Some(s) => s,
+            None => {
+                let tcp =
+                    tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
+                        .await
+                        .map_err(|e| UpstreamError::Connect(Box::new(e)))?
+                        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+                let _ = tcp.set_nodelay(true);
+                let stream = crate::tls::connect(tcp, &svid, &tls)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Http)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
+        let fut = sender.send_request(origin_form(req));
+        {
+            let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
+            let list = pool.entry(key).or_default();
+            if list.len() < MAX_IDLE_MTLS {
+                list.push(sender);
+            }
+        }
+        fut.await.map_err(UpstreamError::Http)
+    }
+}
+
+fn origin_form<B>(req: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(pq) = parts.uri.path_and_query().cloned()
+        && let Ok(uri) = pq.as_str().parse()
+    {
+        parts.uri = uri;
+    }
+    http::Request::from_parts(parts, body)
+}
+
 /// Sends one request over a dedicated connection (mTLS when `tls` is set),
-/// with HTTP/1.1 upgrades enabled: used for mTLS clusters (not pooled yet,
-/// see docs/proxy.md) and for `Upgrade` requests such as WebSocket.
+/// with HTTP/1.1 upgrades enabled: used for `Upgrade` requests such as
+/// WebSocket, whose connection is handed over to the tunnel.
 pub async fn send_dedicated(
     req: http::Request<super::flags::ProxyBody>,
     target: std::net::SocketAddr,
