@@ -37,10 +37,13 @@ enum Mode {
 #[allow(clippy::upper_case_acronyms)]
 enum Interception {
     /// iptables REDIRECT.
+    #[value(name = "REDIRECT", alias = "redirect")]
     REDIRECT,
     /// iptables TPROXY.
+    #[value(name = "TPROXY", alias = "tproxy")]
     TPROXY,
     /// No interception (explicit mode).
+    #[value(name = "NONE", alias = "none")]
     NONE,
 }
 
@@ -194,5 +197,32 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(run(cfg, Some(log_control)))?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interception_mode_takes_istio_spelling_and_labels_parse() {
+        let cli = Cli::try_parse_from([
+            "mesh-proxy",
+            "run",
+            "--interception-mode",
+            "NONE",
+            "--labels",
+            "app=r,version=v1",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        assert!(matches!(args.interception_mode, Interception::NONE));
+        assert_eq!(parse_labels(&args.labels).unwrap()["version"], "v1");
+        assert!(
+            Cli::try_parse_from(["mesh-proxy", "run", "--interception-mode", "tproxy"]).is_ok()
+        );
+        assert!(parse_labels("novalue").is_err());
     }
 }
