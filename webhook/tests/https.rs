@@ -6,7 +6,7 @@ use base64::Engine as _;
 use http::StatusCode;
 use mesh_inject::{InjectConfig, Outcome};
 use serde_json::{Value, json};
-use support::{Proto, Server, fixture};
+use support::{Proto, Server, UnsizedBody, fixture};
 
 /// Decodes the response's base64 JSON Patch.
 fn decode_patch(response: &Value) -> anyhow::Result<json_patch::Patch> {
@@ -258,11 +258,22 @@ async fn garbage_body_is_a_400() -> anyhow::Result<()> {
 #[tokio::test]
 async fn oversized_body_is_a_413() -> anyhow::Result<()> {
     let server = Server::start().await?;
-    let body = vec![b' '; mesh_webhook::MAX_BODY_BYTES + 1];
-    let (status, _) = server
-        .request(Proto::Http2, "POST", "/validate", body)
-        .await?;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    for proto in [Proto::Http1, Proto::Http2] {
+        let body = vec![b' '; mesh_webhook::MAX_BODY_BYTES + 1];
+        let (status, _) = server.request(proto, "POST", "/validate", body).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+    }
+    server.stop().await
+}
+
+#[tokio::test]
+async fn oversized_body_without_a_length_is_a_413() -> anyhow::Result<()> {
+    let server = Server::start().await?;
+    for proto in [Proto::Http1, Proto::Http2] {
+        let body = UnsizedBody { chunks: 9 };
+        let (status, _) = server.request_with(proto, "POST", "/inject", body).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+    }
     server.stop().await
 }
 

@@ -1,14 +1,18 @@
 //! A webhook server on 127.0.0.1:0 with a certificate from a throw-away CA,
 //! and an HTTPS client trusting that CA.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_webhook::WebhookState;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -78,6 +82,22 @@ impl Server {
         path: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.request_with(proto, method, path, Full::new(Bytes::from(body)))
+            .await
+    }
+
+    /// Sends `method path` with any body (e.g. one without a length).
+    pub async fn request_with<B>(
+        &self,
+        proto: Proto,
+        method: &str,
+        path: &str,
+        body: B,
+    ) -> anyhow::Result<(StatusCode, Bytes)>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone())?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -99,7 +119,7 @@ impl Server {
             .method(method)
             .uri(format!("https://{SERVICE_NAME}{path}"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .body(body)?;
         let io = TokioIo::new(tls);
         let res = match proto {
             Proto::Http1 => {
@@ -163,4 +183,27 @@ pub fn fixture(name: &str) -> anyhow::Result<Value> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(serde_json::from_str(&text)?)
+}
+
+/// A body of `chunks` MiB of spaces with no declared length (chunked in
+/// HTTP/1.1, no `content-length` in HTTP/2).
+#[derive(Debug)]
+pub struct UnsizedBody {
+    pub chunks: usize,
+}
+
+impl Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.chunks == 0 {
+            return Poll::Ready(None);
+        }
+        self.chunks -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b' '; 1 << 20])))))
+    }
 }
