@@ -743,3 +743,27 @@ async fn mirrored_requests_reach_the_shadow_cluster_with_a_shadow_host() {
         ["/mirror/x reviews-shadow:9080"]
     );
 }
+
+#[tokio::test]
+async fn drain_closes_idle_keep_alive_connections_without_waiting_for_the_timeout() {
+    let env = setup().await;
+    // A keep-alive connection that stays open after its request.
+    let s = tokio::net::TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/products")
+        .header("host", "reviews")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(env.shared.active_connections(), 1);
+    let started = std::time::Instant::now();
+    assert_eq!(env.shared.drain(Duration::from_secs(5)).await, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

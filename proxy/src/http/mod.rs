@@ -63,15 +63,25 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    let mut draining = shared.draining.subscribe();
     let svc = hyper::service::service_fn(move |req| {
         let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
         async move { Ok::<_, Infallible>(handle(req, &hcm, &shared, &info).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    // On drain, finish the request in flight and close the connection
+    // (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) instead of waiting for
+    // an idle keep-alive client to leave.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { let _ = draining.wait_for(|d| *d).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
         debug!(%error, "downstream HTTP connection ended with an error");
     }
 }
