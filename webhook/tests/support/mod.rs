@@ -1,5 +1,7 @@
 //! A webhook server on 127.0.0.1:0 with a certificate from a throw-away CA,
 //! and an HTTPS client trusting that CA.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
