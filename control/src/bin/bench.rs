@@ -222,11 +222,15 @@ async fn client(
 }
 
 fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
         })
         .and_then(|kb| kb.parse::<f64>().ok())
@@ -441,7 +445,11 @@ async fn main() -> anyhow::Result<()> {
             .as_secs_f64()
             * 1000.0
     );
-    println!("final meshd RSS: {:.0} MB", rss_mb());
+    println!(
+        "final meshd RSS: {:.0} MB (peak {:.0} MB)",
+        rss_mb(),
+        status_mb("VmHWM:")
+    );
     child.kill().await.ok();
     drop(meshd);
     let _ = std::fs::remove_dir_all(&dir);

@@ -41,6 +41,7 @@ const STREAM_BUFFER: usize = 4;
 
 /// Streams that may have un-ACKed responses in flight at once (Istio's
 /// push throttle): bounds the memory a mass push holds in send buffers.
+/// `MESHD_PUSH_CONCURRENCY` overrides it.
 pub const PUSH_CONCURRENCY: usize = 100;
 
 /// A stream that does not ACK within this time gives its push slot back.
@@ -131,7 +132,13 @@ impl XdsState {
             next_conn: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
             cache: Mutex::new((0, HashMap::new())),
-            push_slots: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
+            push_slots: Arc::new(Semaphore::new(
+                std::env::var("MESHD_PUSH_CONCURRENCY")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n: &usize| *n > 0)
+                    .unwrap_or(PUSH_CONCURRENCY),
+            )),
         })
     }
 
