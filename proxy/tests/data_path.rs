@@ -580,6 +580,10 @@ async fn tcp_proxy_forwards_both_ways_with_half_close() {
 async fn route_change_applies_to_new_requests_without_dropping_in_flight_ones() {
     let env = setup().await;
     let slow = tokio::spawn(get(env.http, "reviews", "/slow", &[]));
+    // Wait until the slow request is in the proxy (it took its snapshot).
+    while env.shared.active_connections() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     env.ads.push_delta(
         &RDS(),
@@ -670,7 +674,11 @@ async fn retries_replay_bodiless_requests_on_the_configured_conditions() {
 async fn circuit_breaker_rejects_requests_over_max_requests_with_uo() {
     let env = setup().await;
     let first = tokio::spawn(get(env.http, "reviews", "/slow-limited", &[]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the first request holds the cluster's only slot.
+    let lb = env.shared.balancers.cluster("limited");
+    while lb.admit(Some(1)).is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (s, body, flags) = get(env.http, "reviews", "/slow-limited", &[]).await;
     assert_eq!((s, flags.as_str()), (503, "UO"), "{body}");
     assert_eq!(first.await.unwrap().0, 200);
