@@ -9,17 +9,21 @@
 //!   `field.path: message` problem ([`review_validate`]).
 //! - `GET /healthz`: liveness.
 //!
+//! Decisions are counted under Istio's metric names ([`WebhookMetrics`]).
+//!
 //! The handlers are pure functions from an `AdmissionReview` JSON document
 //! to the response document; [`serve`] puts them behind HTTPS (HTTP/1.1 and
 //! HTTP/2) with a certificate the caller provides ([`tls::server_config`]).
 
 pub mod inject;
+pub mod metrics;
 pub mod review;
 pub mod server;
 pub mod tls;
 pub mod validate;
 
 pub use inject::{review_inject, workload_name};
+pub use metrics::WebhookMetrics;
 pub use review::{AdmissionRequest, AdmissionResponse, ReviewError, Status};
 pub use server::{MAX_BODY_BYTES, WebhookState, serve};
 pub use tls::{TlsError, server_config};

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::metrics::WebhookMetrics;
 use crate::review::ReviewError;
 
 /// Largest request body accepted (larger ones get 413). The API server
@@ -34,11 +35,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers need: the injection settings (the same meshd hands to
-/// `meshctl inject`'s code).
+/// `meshctl inject`'s code) and the counters of their decisions.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookState {
     /// Settings of the injected sidecar.
     pub inject: InjectConfig,
+    /// Decision counters; [`WebhookMetrics::register`] exports them.
+    pub metrics: WebhookMetrics,
 }
 
 /// Serves `POST /inject`, `POST /validate` and `GET /healthz` over TLS on
@@ -159,12 +162,27 @@ async fn handle(req: Request<Incoming>, state: &WebhookState) -> Response<Full<B
             );
         }
     };
-    let answer = serde_json::from_slice::<Value>(&body)
-        .map_err(ReviewError::NotJson)
-        .and_then(|review| match hook {
-            Hook::Inject => crate::review_inject(&review, &state.inject),
-            Hook::Validate => crate::review_validate(&review),
-        });
+    let metrics = &state.metrics;
+    let answer = match (serde_json::from_slice::<Value>(&body), hook) {
+        (Ok(review), Hook::Inject) => {
+            let answer = crate::review_inject(&review, &state.inject);
+            metrics.count_injection(&answer);
+            answer
+        }
+        (Ok(review), Hook::Validate) => {
+            let answer = crate::review_validate(&review);
+            metrics.count_validation(&review, &answer);
+            answer
+        }
+        (Err(error), hook) => {
+            let answer = Err(ReviewError::NotJson(error));
+            match hook {
+                Hook::Inject => metrics.count_injection(&answer),
+                Hook::Validate => metrics.count_validation(&Value::Null, &answer),
+            }
+            answer
+        }
+    };
     match answer {
         Ok(response) => {
             // A Value always serialises.

@@ -295,3 +295,45 @@ async fn unknown_path_is_a_404_and_healthz_answers() -> anyhow::Result<()> {
     assert_eq!(&body[..], b"ok\n");
     server.stop().await
 }
+
+#[tokio::test]
+async fn decisions_are_counted_under_istio_metric_names() -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = mesh_webhook::WebhookMetrics::register(&mut registry);
+    let server = Server::start_with(mesh_webhook::WebhookState {
+        inject: InjectConfig::default(),
+        metrics,
+    })
+    .await?;
+    server
+        .review("/inject", &fixture("pod-create-replicaset.json")?)
+        .await?;
+    server
+        .review("/inject", &fixture("pod-create-opt-out.json")?)
+        .await?;
+    server
+        .review("/validate", &fixture("virtualservice-bad-weight.json")?)
+        .await?;
+    server
+        .review("/validate", &fixture("destinationrule-valid.json")?)
+        .await?;
+    server
+        .request(Proto::Http1, "POST", "/inject", b"{".to_vec())
+        .await?;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    for line in [
+        "sidecar_injection_requests_total 3",
+        "sidecar_injection_success_total 1",
+        "sidecar_injection_skip_total 1",
+        "sidecar_injection_failure_total{type=\"review\"} 1",
+        "galley_validation_passed_total{group=\"networking.istio.io\",version=\"v1\",resource=\"destinationrules\"} 1",
+        "galley_validation_failed_total{group=\"networking.istio.io\",version=\"v1\",resource=\"virtualservices\",reason=\"Invalid\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    server.stop().await
+}

@@ -45,6 +45,10 @@ pub enum Proto {
 
 impl Server {
     pub async fn start() -> anyhow::Result<Server> {
+        Server::start_with(WebhookState::default()).await
+    }
+
+    pub async fn start_with(state: WebhookState) -> anyhow::Result<Server> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -60,14 +64,9 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(mesh_webhook::serve(
-            listener,
-            tls,
-            WebhookState::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(mesh_webhook::serve(listener, tls, state, async move {
+            let _ = stopped.await;
+        }));
         Ok(Server {
             addr,
             ca: ca_cert.der().clone(),
