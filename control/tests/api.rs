@@ -93,3 +93,35 @@ async fn watch_streams_changes_as_ndjson() {
     let line = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
     assert!(line.contains("\"ADDED\""), "{line}");
 }
+
+#[tokio::test]
+async fn config_dir_mode_serves_files_read_only() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(
+        files.path().join("se.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: backend}\nspec: {hosts: [backend], ports: [{number: 80, name: http}]}\n",
+    )
+    .unwrap();
+    let config = Config::parse_from([
+        "meshd",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--config-dir",
+        files.path().to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--xds-addr",
+        "127.0.0.1:0",
+    ]);
+    let meshd = mesh_control::server::start(&config).await.unwrap();
+    let (_, body) = call(meshd.http_addr, "GET", "/debug/registryz", "").await;
+    let vip = body["services"]["backend.default.svc.cluster.local"]["vip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(vip.starts_with("240.240."), "{vip}");
+    let (status, body) = call(meshd.http_addr, "POST", "/apis/v1/apply", DOCS).await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("read-only"));
+}

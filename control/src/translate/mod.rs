@@ -284,4 +284,37 @@ pub(crate) mod test_support {
     pub fn proxy() -> ProxyNode {
         ProxyNode::from_node(&Default::default())
     }
+
+    #[tokio::test]
+    async fn sidecar_egress_hosts_narrow_what_a_proxy_sees() {
+        let snap = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: default}
+spec: {hosts: [a], ports: [{number: 80, name: http}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: other}
+spec: {hosts: [b], ports: [{number: 80, name: http}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec: {egress: [{hosts: ['./*']}]}
+",
+        )
+        .await;
+        let p = proxy();
+        let ctx = Context::new(&snap, &p);
+        let hosts: Vec<&str> = ctx.services.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(hosts, vec!["a.default.svc.cluster.local"]);
+        let mut elsewhere = proxy();
+        elsewhere.namespace = "other".into();
+        assert_eq!(
+            Context::new(&snap, &elsewhere).services.len(),
+            2,
+            "no Sidecar there"
+        );
+    }
 }
