@@ -132,3 +132,25 @@ fn namespace_comes_from_the_request_when_the_object_has_none() -> anyhow::Result
     );
     Ok(())
 }
+
+#[test]
+fn patch_escapes_slashes_in_annotation_keys() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let mut review = pod_review()?;
+    review["request"]["object"]["metadata"]["annotations"] = json!({"example.com/owner": "team-a"});
+    let answer = review_inject(&review, &InjectConfig::default())?;
+    let b64 = answer["response"]["patch"].as_str().unwrap_or_default();
+    let ops: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64)?)?;
+    let paths: Vec<&str> = ops
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|op| op["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"/metadata/annotations/sidecar.mesh.dev~1status"),
+        "{paths:?}"
+    );
+    Ok(())
+}
