@@ -2,10 +2,16 @@
 //! metadata is either a join token ([`crate::token`]) or a Kubernetes
 //! service-account token, validated with the TokenReview API. The result is
 //! the caller's SPIFFE ID, which the CSR must match.
+//!
+//! The TokenReview authenticator needs kube and is behind the `kubernetes`
+//! feature (on by default), so that the workload client, which proxies link,
+//! builds without the Kubernetes client.
 
 use std::sync::Arc;
 
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+#[cfg(feature = "kubernetes")]
 use kube::api::{Api, PostParams};
 use mesh_model::SpiffeId;
 
@@ -32,6 +38,7 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KubeAuthError {
     /// The TokenReview call failed.
+    #[cfg(feature = "kubernetes")]
     #[error("TokenReview request failed: {0}")]
     Api(#[source] kube::Error),
     /// The API server says the token is not valid.
@@ -54,6 +61,7 @@ pub enum KubeAuthError {
 }
 
 /// Validates projected service-account tokens with TokenReview.
+#[cfg(feature = "kubernetes")]
 #[derive(Clone)]
 pub struct KubeAuthenticator {
     client: kube::Client,
@@ -61,6 +69,7 @@ pub struct KubeAuthenticator {
     trust_domain: String,
 }
 
+#[cfg(feature = "kubernetes")]
 impl std::fmt::Debug for KubeAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeAuthenticator")
@@ -83,6 +92,7 @@ pub fn spiffe_id_for_username(
     SpiffeId::new(trust_domain, ns, sa).map_err(KubeAuthError::SpiffeId)
 }
 
+#[cfg(feature = "kubernetes")]
 impl KubeAuthenticator {
     /// An authenticator using `client`; tokens must be for one of
     /// `audiences` (empty: the API server's default audience).
@@ -136,6 +146,7 @@ impl KubeAuthenticator {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     join_tokens: Option<Arc<JoinTokens>>,
+    #[cfg(feature = "kubernetes")]
     kube: Option<KubeAuthenticator>,
 }
 
@@ -147,6 +158,7 @@ impl Authenticator {
     }
 
     /// Accepts Kubernetes service-account tokens.
+    #[cfg(feature = "kubernetes")]
     pub fn with_kubernetes(mut self, kube: KubeAuthenticator) -> Self {
         self.kube = Some(kube);
         self
@@ -164,15 +176,15 @@ impl Authenticator {
                 .ok_or(AuthError::Disabled("join token"))?;
             return Ok(tokens.verify(bearer)?);
         }
-        let kube = self
-            .kube
-            .as_ref()
-            .ok_or(AuthError::Disabled("Kubernetes token"))?;
-        Ok(kube.authenticate(bearer).await?)
+        #[cfg(feature = "kubernetes")]
+        if let Some(kube) = &self.kube {
+            return Ok(kube.authenticate(bearer).await?);
+        }
+        Err(AuthError::Disabled("Kubernetes token"))
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "kubernetes"))]
 mod tests {
     use super::*;
     use http::{Method, Request, Response};

@@ -53,16 +53,21 @@ pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
 
 fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     let config = shared.config.borrow().clone();
-    let ready = config.is_ready();
-    let ready_reply = || {
-        if ready {
-            text(StatusCode::OK, "LIVE\n")
-        } else {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PRE_INITIALIZING: waiting for clusters and listeners\n",
-            )
-        }
+    let has_config = config.is_ready();
+    let has_svid = !shared
+        .svid_required
+        .load(std::sync::atomic::Ordering::Relaxed)
+        || shared.svid.borrow().is_some();
+    let ready_reply = || match (has_config, has_svid) {
+        (true, true) => text(StatusCode::OK, "LIVE\n"),
+        (false, _) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PRE_INITIALIZING: waiting for clusters and listeners\n",
+        ),
+        (true, false) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PRE_INITIALIZING: waiting for the workload certificate from the CA\n",
+        ),
     };
     match (role, req.uri().path()) {
         (Role::Health, "/healthz/ready") | (Role::Admin, "/ready") => ready_reply(),

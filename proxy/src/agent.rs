@@ -29,8 +29,11 @@ pub struct AgentConfig {
     pub inbound_port: u16,
     /// How long SIGTERM waits for open connections.
     pub drain_timeout: Duration,
-    /// SPIFFE ID of this workload (metric labels until mTLS exists).
+    /// SPIFFE ID of this workload (metric labels).
     pub principal: String,
+    /// Where to get this workload's SVID; without it mTLS chains and
+    /// clusters fail closed.
+    pub identity: Option<mesh_ca::client::CaClientConfig>,
 }
 
 impl AgentConfig {
@@ -49,6 +52,7 @@ impl AgentConfig {
             inbound_port: 15006,
             drain_timeout: Duration::from_secs(5),
             principal: "unknown".into(),
+            identity: None,
         }
     }
 }
@@ -93,7 +97,18 @@ pub async fn run(
         principal: cfg.principal.clone(),
     };
     let (client, rx) = XdsClient::new(cfg.xds.clone());
-    let shared = Shared::with_workload(rx, workload);
+    let (svid_tx, svid_rx) = tokio::sync::watch::channel(None);
+    let shared = Shared::with_svid(rx, workload, svid_rx);
+    match cfg.identity.clone() {
+        Some(ca) => {
+            info!(ca = %ca.endpoint, spiffe_id = %ca.spiffe_id, "requesting the workload certificate");
+            shared
+                .svid_required
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            crate::identity::spawn(ca, &shared.metrics, svid_tx);
+        }
+        None => warn!("no CA configured (--ca-address): mTLS listeners and clusters fail closed"),
+    }
     if let Some(ctl) = log_control {
         let _ = shared.log_control.set(ctl);
     }

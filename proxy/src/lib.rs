@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod lb;
 pub mod listener;
 pub mod metrics;

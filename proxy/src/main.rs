@@ -103,16 +103,25 @@ struct RunArgs {
     /// Seconds SIGTERM waits for open connections.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 5)]
     drain_timeout: u64,
-    /// CA address (not used yet: the CA client is not wired in).
+    /// The CA's URL, e.g. `https://127.0.0.1:15012`: the proxy gets and renews its SVID there.
     #[arg(long, env = "CA_ADDRESS")]
     ca_address: Option<String>,
-    /// Join token for the CA (not used yet).
+    /// Join token for the CA (from `mesh-ca token create`).
     #[arg(long, env = "JOIN_TOKEN")]
     join_token: Option<String>,
-    /// Service-account token path for the CA (not used yet).
+    /// Service-account token file for the CA (re-read on each request).
     #[arg(long, env = "TOKEN_PATH")]
     token_path: Option<String>,
     /// Trust domain.
+    /// PEM root the CA's serving certificate chains to.
+    #[arg(long, env = "CA_ROOT_CERT")]
+    ca_root_cert: Option<String>,
+    /// Name to verify in the CA's serving certificate.
+    #[arg(long, env = "CA_SERVER_NAME", default_value = "mesh-ca")]
+    ca_server_name: String,
+    /// Requested SVID lifetime in seconds (default: the CA's).
+    #[arg(long, env = "SVID_TTL")]
+    svid_ttl: Option<u64>,
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
     /// `LOG_FORMAT=json` for JSON logs.
@@ -132,6 +141,40 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// Installs the subscriber and returns the `/logging` control.
+/// The CA client's settings, when `--ca-address` is given.
+fn identity(
+    args: &RunArgs,
+    spiffe_id: mesh_ca::SpiffeId,
+) -> anyhow::Result<Option<mesh_ca::client::CaClientConfig>> {
+    let Some(endpoint) = args.ca_address.clone() else {
+        anyhow::ensure!(
+            args.join_token.is_none() && args.token_path.is_none(),
+            "--join-token/--token-path need --ca-address (where the CA listens)"
+        );
+        return Ok(None);
+    };
+    let root_path = args.ca_root_cert.as_deref().context(
+        "--ca-address needs --ca-root-cert (the PEM root the CA's serving certificate chains to)",
+    )?;
+    let ca_roots_pem = std::fs::read_to_string(root_path)
+        .with_context(|| format!("reading --ca-root-cert {root_path}"))?;
+    let credential = match (&args.join_token, &args.token_path) {
+        (Some(token), None) => mesh_ca::client::Credential::JoinToken(token.clone()),
+        (None, Some(path)) => mesh_ca::client::Credential::TokenFile(path.into()),
+        _ => anyhow::bail!(
+            "--ca-address needs exactly one credential: --join-token (from `mesh-ca token create`) or --token-path (a service-account token file)"
+        ),
+    };
+    Ok(Some(mesh_ca::client::CaClientConfig {
+        endpoint,
+        ca_roots_pem,
+        server_name: args.ca_server_name.clone(),
+        credential,
+        spiffe_id,
+        ttl: args.svid_ttl.map(Duration::from_secs),
+    }))
+}
+
 fn init_tracing(json: bool) -> mesh_proxy::runtime::LogControl {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt, reload};
@@ -159,11 +202,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let log_control = init_tracing(args.log_format == "json");
-            if args.ca_address.is_some() || args.join_token.is_some() || args.token_path.is_some() {
-                tracing::warn!(
-                    "CA flags are accepted but the CA client is not wired yet: no SVID, so mTLS chains and clusters fail closed"
-                );
-            }
             let node = NodeIdentity {
                 id: args.node_id.clone(),
                 namespace: args.namespace.clone(),
@@ -187,10 +225,13 @@ fn main() -> anyhow::Result<()> {
             cfg.outbound_port = args.outbound_port;
             cfg.inbound_port = args.inbound_port;
             cfg.drain_timeout = Duration::from_secs(args.drain_timeout);
-            cfg.principal = format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                args.trust_domain, args.namespace, args.service_account
-            );
+            let spiffe_id =
+                mesh_ca::SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
+                    .context(
+                        "--trust-domain, --namespace and --service-account must form a SPIFFE ID",
+                    )?;
+            cfg.principal = spiffe_id.to_string();
+            cfg.identity = identity(&args, spiffe_id)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

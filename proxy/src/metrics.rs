@@ -77,6 +77,20 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
 }
 
+impl Metrics {
+    /// Registers more metrics (the CA client's, say) in the registry this
+    /// proxy serves on its Prometheus port.
+    pub fn register_with(&self, register: impl FnOnce(&mut Registry)) {
+        // A poisoned lock only means a panic elsewhere mid-encode; the
+        // registry itself is still usable.
+        let mut registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        register(&mut registry);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let requests = Family::<RequestLabels, Counter>::default();

@@ -59,6 +59,9 @@ pub struct Shared {
     pub workload: WorkloadInfo,
     /// The workload's SVID, for mTLS.
     pub svid: crate::tls::SvidReceiver,
+    /// Set when a CA is configured: the proxy is not ready until the SVID
+    /// arrives.
+    pub svid_required: std::sync::atomic::AtomicBool,
     /// Set to true to stop accepting (SIGTERM drain).
     pub draining: watch::Sender<bool>,
     /// Notified by `/quitquitquit`: drain and exit.
@@ -101,6 +104,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Self {
             svid,
+            svid_required: std::sync::atomic::AtomicBool::new(false),
             config,
             balancers: Balancers::default(),
             upstreams: Upstreams::default(),
