@@ -21,9 +21,14 @@ pub struct Args {
     /// Proxy image.
     #[arg(long)]
     pub image: Option<String>,
-    /// meshd's xDS and CA address as seen from pods.
+    /// meshd's xDS address as seen from pods (default
+    /// `http://meshd.mesh-system.svc:15010`).
     #[arg(long)]
-    pub meshd_address: Option<String>,
+    pub xds_address: Option<String>,
+    /// The CA's address as seen from pods (default
+    /// `https://meshd.mesh-system.svc:15012`).
+    #[arg(long)]
+    pub ca_address: Option<String>,
     /// SPIFFE trust domain.
     #[arg(long)]
     pub trust_domain: Option<String>,
@@ -50,8 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(image) = args.image {
         cfg.proxy_image = image;
     }
-    if let Some(addr) = args.meshd_address {
-        cfg.xds_address = addr.clone();
+    if let Some(addr) = args.xds_address {
+        cfg.xds_address = addr;
+    }
+    if let Some(addr) = args.ca_address {
         cfg.ca_address = addr;
     }
     if let Some(td) = args.trust_domain {

@@ -27,8 +27,8 @@ impl Default for InjectConfig {
     fn default() -> Self {
         InjectConfig {
             proxy_image: format!("mesh/mesh-proxy:{}", env!("CARGO_PKG_VERSION")),
-            xds_address: "meshd.mesh-system.svc:15012".into(),
-            ca_address: "meshd.mesh-system.svc:15012".into(),
+            xds_address: "http://meshd.mesh-system.svc:15010".into(),
+            ca_address: "https://meshd.mesh-system.svc:15012".into(),
             ca_audience: "mesh-ca".into(),
             trust_domain: "cluster.local".into(),
             root_cert_configmap: "mesh-ca-root-cert".into(),

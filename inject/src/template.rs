@@ -156,20 +156,22 @@ pub fn proxy_container(
     facts: &PodFacts,
     probers: &BTreeMap<String, Value>,
 ) -> Value {
+    // The names are the flags' environment variables of `mesh-proxy run`
+    // (pilot-agent style), so the container needs no arguments beyond `run`.
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("INSTANCE_IP", "status.podIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         field_env("NODE_NAME", "spec.nodeName"),
-        json!({ "name": "MESH_WORKLOAD_NAME", "value": facts.workload }),
-        json!({ "name": "MESH_XDS_ADDRESS", "value": cfg.xds_address }),
-        json!({ "name": "MESH_CA_ADDRESS", "value": cfg.ca_address }),
-        json!({ "name": "MESH_TRUST_DOMAIN", "value": cfg.trust_domain }),
-        json!({ "name": "MESH_TOKEN_PATH", "value": "/var/run/secrets/tokens/mesh-token" }),
-        json!({ "name": "MESH_ROOT_CERT", "value": "/var/run/secrets/mesh/root-cert.pem" }),
-        json!({ "name": "MESH_LABELS_PATH", "value": "/etc/mesh/pod/labels" }),
-        json!({ "name": "MESH_INTERCEPTION_MODE", "value": "REDIRECT" }),
+        json!({ "name": "WORKLOAD_NAME", "value": facts.workload }),
+        json!({ "name": "XDS_ADDRESS", "value": cfg.xds_address }),
+        json!({ "name": "CA_ADDRESS", "value": cfg.ca_address }),
+        json!({ "name": "TRUST_DOMAIN", "value": cfg.trust_domain }),
+        json!({ "name": "TOKEN_PATH", "value": "/var/run/secrets/tokens/mesh-token" }),
+        json!({ "name": "CA_ROOT_CERT", "value": "/var/run/secrets/mesh/root-cert.pem" }),
+        json!({ "name": "LABELS_PATH", "value": "/etc/mesh/pod/labels" }),
+        json!({ "name": "INTERCEPTION_MODE", "value": "REDIRECT" }),
     ];
     if !facts.app_ports.is_empty() {
         let ports: Vec<String> = facts.app_ports.iter().map(u64::to_string).collect();

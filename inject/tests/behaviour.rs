@@ -78,7 +78,7 @@ fn opted_out_pod_reports_why() {
 fn config_settings_reach_the_proxy_container() {
     let cfg = InjectConfig {
         proxy_image: "registry.local/proxy:dev".into(),
-        xds_address: "meshd.ops:15012".into(),
+        xds_address: "http://meshd.ops:15010".into(),
         proxy_uid: 4242,
         ..InjectConfig::default()
     };
@@ -92,7 +92,7 @@ fn config_settings_reach_the_proxy_container() {
         proxy["env"]
             .as_array()
             .unwrap()
-            .contains(&json!({"name": "MESH_XDS_ADDRESS", "value": "meshd.ops:15012"}))
+            .contains(&json!({"name": "XDS_ADDRESS", "value": "http://meshd.ops:15010"}))
     );
     let init_args = pod["spec"]["initContainers"][0]["args"].as_array().unwrap();
     assert_eq!(init_args[1..3], [json!("--proxy-uid"), json!("4242")]);

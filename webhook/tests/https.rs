@@ -45,8 +45,8 @@ async fn replicaset_pod_is_injected_with_a_patch_equal_to_meshctl_inject() -> an
         .ok_or_else(|| anyhow::anyhow!("no mesh-proxy container: {patched}"))?;
     let workload_env = proxy["env"]
         .as_array()
-        .and_then(|e| e.iter().find(|e| e["name"] == "MESH_WORKLOAD_NAME"))
-        .ok_or_else(|| anyhow::anyhow!("no MESH_WORKLOAD_NAME: {proxy}"))?;
+        .and_then(|e| e.iter().find(|e| e["name"] == "WORKLOAD_NAME"))
+        .ok_or_else(|| anyhow::anyhow!("no WORKLOAD_NAME: {proxy}"))?;
     assert_eq!(workload_env["value"], "reviews-v1");
     server.stop().await
 }
