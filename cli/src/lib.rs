@@ -10,6 +10,7 @@ pub mod install;
 pub mod manifest;
 pub mod resources;
 pub mod status;
+pub mod version;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ pub enum Command {
     Install(install::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::Args),
+    /// Print meshctl's version and meshd's.
+    Version(version::Args),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -60,5 +63,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Manifest(a) => manifest::run(a),
         Command::Install(a) => install::run(a),
         Command::Completion(a) => completion::run(a),
+        Command::Version(a) => version::run(a).await,
     }
 }
