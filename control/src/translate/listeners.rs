@@ -31,6 +31,12 @@ use mesh_proto::envoy::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use mesh_proto::envoy::pb::google::protobuf::{Any, BoolValue, UInt32Value};
 
+use mesh_model::security::MtlsMode;
+use mesh_proto::envoy::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, common_tls_context,
+};
+
 use super::clusters::socket_address;
 use super::routes::EXPLICIT_ROUTE_CONFIG;
 use super::{Context, Generated, ads_source, pack};
@@ -219,6 +225,62 @@ fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
     }
 }
 
+/// The server side of mesh mTLS: the proxy's SVID (`default`), peers
+/// verified against the trust bundle (`ROOTCA`), a client certificate
+/// required. Like the upstream side, secrets are referenced by name only:
+/// an Envoy gets them from its bootstrap, mesh-proxy from its CA client.
+fn istio_mutual_server() -> TransportSocket {
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: "default".into(),
+                ..Default::default()
+            }],
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                    SdsSecretConfig {
+                        name: "ROOTCA".into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&ctx).any)),
+    }
+}
+
+/// The filter chains of one inbound port for its PeerAuthentication mode:
+/// STRICT accepts only TLS (plain text falls to the default chain, which
+/// drops it), PERMISSIVE a TLS and a plain-text twin told apart by the TLS
+/// inspector, DISABLE only plain text.
+fn inbound_chains(name: &str, port: u32, filter: Filter, mode: MtlsMode) -> Vec<FilterChain> {
+    let chain = |transport: Option<&str>, tls: bool| FilterChain {
+        name: name.to_string(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: port }),
+            transport_protocol: transport.unwrap_or_default().to_string(),
+            ..Default::default()
+        }),
+        filters: vec![filter.clone()],
+        transport_socket: tls.then(istio_mutual_server),
+        ..Default::default()
+    };
+    match mode {
+        MtlsMode::Strict => vec![chain(Some("tls"), true)],
+        MtlsMode::Disable => vec![chain(None, false)],
+        MtlsMode::Permissive | MtlsMode::Unset => {
+            vec![chain(Some("tls"), true), chain(Some("raw_buffer"), false)]
+        }
+    }
+}
+
 fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
     let mut chains = Vec::new();
     for (proto, port) in &ctx.proxy.service_ports {
@@ -254,15 +316,8 @@ fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
         } else {
             tcp(&name, &name)
         };
-        chains.push(FilterChain {
-            name,
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: Some(UInt32Value { value: *port }),
-                ..Default::default()
-            }),
-            filters: vec![filter],
-            ..Default::default()
-        });
+        let mode = super::peer_auth::inbound_mode(&ctx.snapshot.config, ctx.proxy, *port);
+        chains.extend(inbound_chains(&name, *port, filter, mode));
     }
     Listener {
         name: VIRTUAL_INBOUND_LISTENER.into(),
@@ -313,6 +368,61 @@ spec: {hosts: [backend], ports: [{number: 80, name: http}, {number: 5432, name: 
         let inb =
             Listener::decode(cfg[LISTENER_TYPE]["virtualInbound"].any.value.as_slice()).unwrap();
         assert_eq!(inb.filter_chains[0].name, "inbound|9080||");
+    }
+
+    #[tokio::test]
+    async fn peer_authentication_shapes_the_inbound_chains() {
+        let inbound_chains = |yaml: &'static str| async move {
+            let snap = snapshot(yaml).await;
+            let mut p = proxy();
+            p.service_ports = vec![("http".into(), 9080)];
+            let cfg = generate(&snap, &p);
+            Listener::decode(cfg[LISTENER_TYPE]["virtualInbound"].any.value.as_slice())
+                .unwrap()
+                .filter_chains
+        };
+        let transports = |chains: &[FilterChain]| {
+            chains
+                .iter()
+                .map(|c| {
+                    let m = c.filter_chain_match.as_ref().unwrap();
+                    (m.transport_protocol.clone(), c.transport_socket.is_some())
+                })
+                .collect::<Vec<_>>()
+        };
+        // No policy: PERMISSIVE, a TLS chain and a plain-text twin.
+        let chains = inbound_chains(YAML).await;
+        assert_eq!(
+            transports(&chains),
+            [("tls".to_string(), true), ("raw_buffer".to_string(), false)]
+        );
+        let strict = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+        let chains = inbound_chains(strict).await;
+        assert_eq!(transports(&chains), [("tls".to_string(), true)]);
+        let ts = chains[0].transport_socket.as_ref().unwrap();
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+            panic!("typed config expected")
+        };
+        let tls = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            tls.require_client_certificate,
+            Some(BoolValue { value: true })
+        );
+        let common = tls.common_tls_context.unwrap();
+        assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+        let disable = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: DISABLE}}
+";
+        assert_eq!(
+            transports(&inbound_chains(disable).await),
+            [(String::new(), false)]
+        );
     }
 
     #[tokio::test]

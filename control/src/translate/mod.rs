@@ -4,6 +4,7 @@
 pub mod clusters;
 pub mod endpoints;
 pub mod listeners;
+pub mod peer_auth;
 pub mod routes;
 
 use std::collections::BTreeMap;
