@@ -30,6 +30,7 @@ pub async fn proxy<S>(
         dst,
         inbound,
         mtls,
+        peer_identity,
     } = info;
     let (cluster_name, _) = pick_cluster(&tp.target, |total| rand::rng().random_range(0..total));
     let cluster_tls = config
@@ -42,7 +43,7 @@ pub async fn proxy<S>(
             (
                 "destination",
                 unknown(),
-                unknown(),
+                peer_identity.clone().unwrap_or_else(unknown),
                 shared.workload.workload.clone(),
             )
         } else {

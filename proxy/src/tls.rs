@@ -211,6 +211,12 @@ pub fn client_config(svid: &Svid, tls: &UpstreamTls) -> Result<Arc<ClientConfig>
 
 /// Terminates TLS on an inbound connection. Returns the stream and the
 /// client's SPIFFE ID, if it sent a certificate.
+///
+/// ALPN follows Envoy, not rustls: when the client offers protocols none of
+/// which the chain lists (a sidecar offers `istio-peer-exchange`, `istio`;
+/// Istio's inbound chains list `h2`, `http/1.1`), the handshake goes on
+/// without ALPN instead of failing with `no_application_protocol`. So the
+/// ClientHello is read first and the config chosen for it.
 pub async fn accept<S>(
     stream: S,
     rx: &SvidReceiver,
@@ -220,11 +226,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let svid = current(rx)?;
-    let cfg = server_config(&svid, tls)?;
-    let stream = tokio_rustls::TlsAcceptor::from(cfg)
-        .accept(stream)
+    let mut cfg = server_config(&svid, tls)?;
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
         .map_err(TlsError::Handshake)?;
+    let overlap = start.client_hello().alpn().is_none_or(|mut offered| {
+        offered.any(|p| cfg.alpn_protocols.iter().any(|ours| ours.as_slice() == p))
+    });
+    if !overlap {
+        let mut without_alpn = (*cfg).clone();
+        without_alpn.alpn_protocols.clear();
+        cfg = Arc::new(without_alpn);
+    }
+    let stream = start.into_stream(cfg).await.map_err(TlsError::Handshake)?;
     let peer = check_identity(stream.get_ref().1.peer_certificates(), &tls.expected_sans)?;
     Ok((stream, peer))
 }

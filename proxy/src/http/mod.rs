@@ -51,6 +51,22 @@ pub struct ConnInfo {
     pub inbound: bool,
     /// The downstream connection is mutual TLS.
     pub mtls: bool,
+    /// The client's SPIFFE ID, from its certificate (inbound mTLS).
+    pub peer_identity: Option<String>,
+}
+
+/// Sets `x-forwarded-client-cert` on an inbound request as Istio's sidecars
+/// do: whatever the client sent is dropped (a plain-text client could claim
+/// any identity), and over mTLS the header names this workload (`By`) and
+/// the verified client (`URI`), so the app can see who called it.
+pub fn set_forwarded_client_cert(headers: &mut http::HeaderMap, own: &str, peer: Option<&str>) {
+    const XFCC: &str = "x-forwarded-client-cert";
+    headers.remove(XFCC);
+    if let Some(peer) = peer
+        && let Ok(v) = http::HeaderValue::from_str(&format!("By={own};URI={peer}"))
+    {
+        headers.insert(XFCC, v);
+    }
 }
 
 /// Serves one downstream connection with an HTTP connection manager.
@@ -97,12 +113,19 @@ struct Outcome {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     hcm: &HttpConnectionManager,
     shared: &Shared,
     info: &ConnInfo,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if info.inbound {
+        set_forwarded_client_cert(
+            req.headers_mut(),
+            &shared.workload.principal,
+            info.peer_identity.as_deref(),
+        );
+    }
     // The latest config at the start of the request: routes pushed later
     // apply to later requests, never to this one.
     let config = shared.config.borrow().clone();
@@ -164,7 +187,7 @@ fn request_labels(
         (
             "destination",
             unknown(),
-            unknown(),
+            info.peer_identity.clone().unwrap_or_else(unknown),
             shared.workload.workload.clone(),
         )
     } else {
@@ -343,4 +366,39 @@ fn redirect(
         resp.headers_mut().insert(http::header::LOCATION, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_forwarded_client_cert;
+
+    #[test]
+    fn inbound_xfcc_names_the_verified_peer_and_drops_what_the_client_sent() {
+        let own = "spiffe://cluster.local/ns/shop/sa/reviews";
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/shop/sa/admin"
+                .parse()
+                .unwrap(),
+        );
+        set_forwarded_client_cert(
+            &mut h,
+            own,
+            Some("spiffe://cluster.local/ns/shop/sa/productpage"),
+        );
+        assert_eq!(
+            h["x-forwarded-client-cert"],
+            "By=spiffe://cluster.local/ns/shop/sa/reviews;URI=spiffe://cluster.local/ns/shop/sa/productpage"
+        );
+        // Plain text: no identity, and a forged header does not survive.
+        h.insert(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/shop/sa/admin"
+                .parse()
+                .unwrap(),
+        );
+        set_forwarded_client_cert(&mut h, own, None);
+        assert!(h.get("x-forwarded-client-cert").is_none());
+    }
 }

@@ -128,16 +128,18 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
         debug!(listener = %name, %dst, "no filter chain matches; closing");
         return;
     };
-    let info = crate::http::ConnInfo {
+    let mut info = crate::http::ConnInfo {
         peer,
         dst,
         inbound: listener.inbound,
         mtls: chain.tls.is_some(),
+        peer_identity: None,
     };
     match &chain.tls {
         Some(tls) => match crate::tls::accept(stream, &shared.svid, tls).await {
             Ok((stream, peer_id)) => {
                 debug!(listener = %name, peer = ?peer_id, "mTLS accepted");
+                info.peer_identity = peer_id;
                 serve_chain(stream, chain, &config, &shared, info).await;
             }
             Err(error) => {
