@@ -6,4 +6,5 @@
 pub mod bins;
 pub mod demo;
 pub mod load;
+pub mod mesh;
 pub mod netns;
