@@ -16,6 +16,29 @@ fn bin(name: &str) -> String {
     workspace_bin(name).to_string_lossy().into_owned()
 }
 
+fn start_meshd(node: &mut Node, dir: &Path, label: &str) -> u32 {
+    let data = dir.join("meshd");
+    let ns = node.netns().to_string();
+    node.spawn(
+        label,
+        &ns,
+        None,
+        &[
+            &bin("meshd"),
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--xds-addr",
+            &format!("{NODE_IP}:15010"),
+            "--http-addr",
+            &format!("{NODE_IP}:15014"),
+            "--debounce",
+            "20ms",
+        ],
+        &[],
+    )
+    .expect("start meshd")
+}
+
 /// A workload to run in its own pod.
 #[derive(Debug, Clone, Copy)]
 pub struct Workload<'a> {
@@ -28,6 +51,8 @@ pub struct Workload<'a> {
     pub service: Option<&'a str>,
     /// `version` label and what the demo app reports.
     pub version: &'a str,
+    /// Requested SVID lifetime in seconds (`None`: the CA's default).
+    pub svid_ttl: Option<u64>,
 }
 
 /// The node, its CA and meshd.
@@ -39,6 +64,7 @@ pub struct LocalMesh {
     pub api: String,
     dir: tempfile::TempDir,
     ca_dir: PathBuf,
+    meshd_pid: u32,
 }
 
 impl LocalMesh {
@@ -78,31 +104,22 @@ impl LocalMesh {
             &[],
         )
         .expect("start mesh-ca");
-        let data = dir.path().join("meshd");
-        node.spawn(
-            "meshd",
-            &ns,
-            None,
-            &[
-                &bin("meshd"),
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--xds-addr",
-                &format!("{NODE_IP}:15010"),
-                "--http-addr",
-                &format!("{NODE_IP}:15014"),
-                "--debounce",
-                "20ms",
-            ],
-            &[],
-        )
-        .expect("start meshd");
+        let meshd_pid = start_meshd(&mut node, dir.path(), "meshd");
         LocalMesh {
             node,
             api: format!("http://{NODE_IP}:15014"),
             dir,
             ca_dir,
+            meshd_pid,
         }
+    }
+
+    /// Kills meshd (by PID), waits `down`, and starts it again on the same
+    /// SQLite store: the control plane going away must not stop traffic.
+    pub fn restart_meshd(&mut self, down: Duration) {
+        self.node.kill(self.meshd_pid);
+        std::thread::sleep(down);
+        self.meshd_pid = start_meshd(&mut self.node, self.dir.path(), "meshd-restarted");
     }
 
     /// Applies YAML through `meshctl apply`, waiting for meshd to be up.
@@ -213,6 +230,9 @@ impl LocalMesh {
                 "http:9080".into(),
             ]);
         }
+        if let Some(ttl) = w.svid_ttl {
+            argv.extend(["--svid-ttl".into(), ttl.to_string()]);
+        }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.node
             .spawn(
@@ -257,6 +277,54 @@ impl LocalMesh {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let out = self.node.exec(&pod.netns, &argv).expect("run mesh-load");
         serde_json::from_slice(&out.stdout).expect("mesh-load prints JSON")
+    }
+
+    /// Starts `mesh-load` in `pod` in the background (a process of its
+    /// own, so the test can restart meshd meanwhile); [`LocalMesh::wait_load`]
+    /// collects its report.
+    pub fn start_load(
+        &mut self,
+        pod: &Pod,
+        label: &str,
+        url: &str,
+        requests: u32,
+        rps: u32,
+    ) -> PathBuf {
+        let (n, rps) = (requests.to_string(), rps.to_string());
+        let argv = [
+            bin("mesh-load"),
+            url.into(),
+            "-n".into(),
+            n,
+            "--rps".into(),
+            rps,
+            "--concurrency".into(),
+            "4".into(),
+            "--timeout-ms".into(),
+            "3000".into(),
+        ];
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.node
+            .spawn(label, &pod.netns.clone(), None, &argv, &[])
+            .expect("start mesh-load");
+        self.node.log_dir().join(format!("{label}.log"))
+    }
+
+    /// Waits for a background load's report.
+    pub fn wait_load(&self, log: &Path, timeout: Duration) -> LoadReport {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(report) = text.lines().find_map(|l| serde_json::from_str(l).ok()) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "load in {} never finished:\n{text}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The VIP meshd gave `host`, once its workloads registered.

@@ -29,12 +29,14 @@ fn mtls_between_pods_carries_the_client_identity_and_strict_refuses_plaintext() 
         service_account: "server",
         service: Some("server"),
         version: "v1",
+        svid_ttl: None,
     });
     let client = mesh.workload(Workload {
         name: "client",
         service_account: "client",
         service: None,
         version: "v1",
+        svid_ttl: None,
     });
     let outsider = mesh.node.add_pod("outsider").unwrap();
     let vip = mesh.vip(&client, "server.default.svc.cluster.local");

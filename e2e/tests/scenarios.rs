@@ -57,6 +57,7 @@ fn bookshop(test: &str) -> (LocalMesh, mesh_e2e::netns::Pod, String) {
             service_account: "reviews",
             service: Some("reviews"),
             version,
+            svid_ttl: None,
         });
     }
     let client = mesh.workload(Workload {
@@ -64,6 +65,7 @@ fn bookshop(test: &str) -> (LocalMesh, mesh_e2e::netns::Pod, String) {
         service_account: "productpage",
         service: None,
         version: "v1",
+        svid_ttl: None,
     });
     mesh.wait_synced(3);
     let vip = mesh.vip(&client, REVIEWS);
@@ -162,6 +164,86 @@ fn header_match_routes_to_v2_and_everyone_else_to_v1_with_all_proxies_synced() {
         assert!(
             names.contains(&want),
             "{want} missing from proxy-status: {names:?}"
+        );
+    }
+}
+
+fn wait_until_serving(mesh: &LocalMesh, client: &mesh_e2e::netns::Pod, url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = mesh.load(client, url, "/version", 20, 0, &[]);
+        if r.ok == 20 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served: {r:?}\n{}",
+            mesh.node.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn traffic_keeps_flowing_while_meshd_restarts_and_proxies_resync() {
+    if !e2e_available("traffic_keeps_flowing_while_meshd_restarts_and_proxies_resync") {
+        return;
+    }
+    let (mut mesh, client, url) = bookshop("meshd-restart");
+    wait_until_serving(&mesh, &client, &url);
+    // 6 s of steady load; meshd is gone for 2 s in the middle of it.
+    let log = mesh.start_load(&client, "steady-load", &url, 300, 50);
+    std::thread::sleep(Duration::from_secs(1));
+    mesh.restart_meshd(Duration::from_secs(2));
+    let report = mesh.wait_load(&log, Duration::from_secs(60));
+    assert_eq!(
+        report.failed, 0,
+        "requests failed while meshd restarted: {report:?}"
+    );
+    assert_eq!(report.ok, 300);
+    // The proxies reconnect to the new meshd and are SYNCED again.
+    mesh.wait_synced(3);
+}
+
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() {
+    if !e2e_available("certificates_rotate_under_load_without_a_failed_request") {
+        return;
+    }
+    let mut mesh = LocalMesh::start("cert-rotation");
+    // 6 s certificates: renewed at about half-life, so several rotations
+    // happen during the load.
+    let _server = mesh.workload(Workload {
+        name: "reviews-v1",
+        service_account: "reviews",
+        service: Some("reviews"),
+        version: "v1",
+        svid_ttl: Some(6),
+    });
+    let client = mesh.workload(Workload {
+        name: "productpage",
+        service_account: "productpage",
+        service: None,
+        version: "v1",
+        svid_ttl: Some(6),
+    });
+    mesh.wait_synced(2);
+    let vip = mesh.vip(&client, REVIEWS);
+    let url = format!("http://{vip}:9080/reviews");
+    wait_until_serving(&mesh, &client, &url);
+    let log = mesh.start_load(&client, "rotation-load", &url, 400, 40);
+    let report = mesh.wait_load(&log, Duration::from_secs(60));
+    assert_eq!(
+        report.failed, 0,
+        "requests failed across rotations: {report:?}"
+    );
+    for proxy in ["reviews-v1-proxy", "productpage-proxy"] {
+        let text =
+            std::fs::read_to_string(mesh.node.log_dir().join(format!("{proxy}.log"))).unwrap();
+        let obtained = text.matches("workload certificate obtained").count();
+        assert!(
+            obtained >= 3,
+            "{proxy} got {obtained} certificates in 10 s of 6 s certificates"
         );
     }
 }
