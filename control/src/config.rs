@@ -29,9 +29,27 @@ pub struct Config {
     /// proxy's stream drops.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub workload_grace: Duration,
+    /// Where the embedded CA serves (gRPC over TLS; proxies get their SVIDs
+    /// there with a join token).
+    #[arg(long, default_value = "127.0.0.1:15012", env = "MESHD_CA_ADDR")]
+    pub ca_addr: SocketAddr,
+    /// The CA's directory (Istio `cacerts` layout; a plug-in CA is used as
+    /// is); created with a new root when empty. Default: `<data-dir>/ca`.
+    #[arg(long, env = "MESHD_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of a CA created here.
+    #[arg(long, default_value = "cluster.local", env = "MESHD_TRUST_DOMAIN")]
+    pub trust_domain: String,
 }
 
 impl Config {
+    /// The CA directory, resolving the default.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.ca_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("ca"))
+    }
+
     /// The data directory, resolving the default.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(d) = &self.data_dir {

@@ -22,6 +22,12 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("opening the config store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The embedded CA could not be loaded or created.
+    #[error("the embedded CA (--ca-dir): {0}")]
+    Ca(#[from] mesh_ca::authority::AuthorityError),
+    /// The CA's join-token key could not be loaded or created.
+    #[error("the embedded CA's join tokens (--ca-dir): {0}")]
+    JoinTokens(#[from] mesh_ca::token::TokenError),
     /// A listen address could not be bound.
     #[error(
         "binding {addr}: {source} (is another meshd running? pick another address with --{flag})"
@@ -44,6 +50,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Where the xDS server listens.
     pub xds_addr: SocketAddr,
+    /// Where the embedded CA listens.
+    pub ca_addr: SocketAddr,
     /// Shared handles (store, registry, ...).
     pub shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -65,6 +73,39 @@ async fn bind(
     let l = TcpListener::bind(addr).await.map_err(err)?;
     let local = l.local_addr().map_err(err)?;
     Ok((l, local))
+}
+
+/// The embedded CA (the same library as `mesh-ca`): loads or creates the
+/// root in `--ca-dir` and serves SVIDs to proxies presenting a join token
+/// (`mesh-ca token create --dir <ca-dir>`) or, to renew, their current SVID.
+async fn start_ca(
+    config: &Config,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<SocketAddr, StartError> {
+    use mesh_ca::auth::Authenticator;
+    use mesh_ca::server::ServeOptions;
+    let dir = config.ca_dir();
+    let ca = Arc::new(mesh_ca::CertificateAuthority::load_or_init(
+        &dir,
+        &config.trust_domain,
+        mesh_ca::IssuePolicy::default(),
+    )?);
+    let tokens = Arc::new(mesh_ca::token::JoinTokens::load_or_create(&dir)?);
+    let auth = Authenticator::default().with_join_tokens(tokens);
+    let (listener, ca_addr) = bind(config.ca_addr, "ca-addr").await?;
+    let mut opts = ServeOptions::default();
+    if !ca_addr.ip().is_unspecified() && !opts.ips.contains(&ca_addr.ip()) {
+        opts.ips.push(ca_addr.ip());
+    }
+    tasks.push(tokio::spawn(async move {
+        let never = std::future::pending::<()>();
+        let metrics = mesh_ca::metrics::CaMetrics::default();
+        if let Err(e) = mesh_ca::server::serve(ca, auth, metrics, listener, &opts, never).await {
+            tracing::error!(error = %e, "CA server stopped");
+        }
+    }));
+    tracing::info!(%ca_addr, ca_dir = %dir.display(), "CA listening");
+    Ok(ca_addr)
 }
 
 /// Opens the stores, binds the listeners and spawns every task.
@@ -122,9 +163,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (http, http_addr) = bind(config.http_addr, "http-addr").await?;
     tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
     tracing::info!(%http_addr, "management API and debug endpoints listening");
+
+    let ca_addr = start_ca(config, &mut tasks).await?;
     Ok(Running {
         http_addr,
         xds_addr,
+        ca_addr,
         shared,
         tasks,
     })

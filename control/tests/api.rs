@@ -24,6 +24,8 @@ async fn start(dir: &std::path::Path) -> mesh_control::server::Running {
         dir.to_str().unwrap(),
         "--http-addr",
         "127.0.0.1:0",
+        "--ca-addr",
+        "127.0.0.1:0",
         "--xds-addr",
         "127.0.0.1:0",
     ]);
@@ -110,6 +112,8 @@ async fn config_dir_mode_serves_files_read_only() {
         "--config-dir",
         files.path().to_str().unwrap(),
         "--http-addr",
+        "127.0.0.1:0",
+        "--ca-addr",
         "127.0.0.1:0",
         "--xds-addr",
         "127.0.0.1:0",

@@ -192,6 +192,8 @@ async fn envoy_follows_meshd_split_header_route_and_survives_a_nack() {
         dir.path().to_str().unwrap(),
         "--http-addr",
         "127.0.0.1:0",
+        "--ca-addr",
+        "127.0.0.1:0",
         "--xds-addr",
         "127.0.0.1:0",
         "--debounce",

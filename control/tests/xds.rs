@@ -41,6 +41,8 @@ async fn start() -> (tempfile::TempDir, mesh_control::server::Running) {
         dir.path().to_str().unwrap(),
         "--http-addr",
         "127.0.0.1:0",
+        "--ca-addr",
+        "127.0.0.1:0",
         "--xds-addr",
         "127.0.0.1:0",
         "--debounce",

@@ -1,5 +1,5 @@
-//! A whole local mesh in network namespaces, for the e2e scenarios: the CA
-//! (`mesh-ca serve`) and meshd on the node, and workloads as pods, each with
+//! A whole local mesh in network namespaces, for the e2e scenarios: meshd
+//! (with its embedded CA) on the node, and workloads as pods, each with
 //! `mesh-proxy init` rules, a sidecar as uid 1337 and the demo app.
 //!
 //! This is test support: setup failures panic with what went wrong and the
@@ -31,6 +31,8 @@ fn start_meshd(node: &mut Node, dir: &Path, label: &str) -> u32 {
             &format!("{NODE_IP}:15010"),
             "--http-addr",
             &format!("{NODE_IP}:15014"),
+            "--ca-addr",
+            &format!("{NODE_IP}:15012"),
             "--debounce",
             "20ms",
         ],
@@ -71,40 +73,22 @@ impl LocalMesh {
     /// Starts the CA and meshd in a fresh node namespace.
     pub fn start(test: &str) -> LocalMesh {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca_dir = dir.path().join("ca");
-        let out = std::process::Command::new(bin("mesh-ca"))
-            .args([
-                "init",
-                "--trust-domain",
-                "cluster.local",
-                "--out",
-                &ca_dir.to_string_lossy(),
-            ])
-            .output()
-            .expect("run mesh-ca init");
-        assert!(
-            out.status.success(),
-            "mesh-ca init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // meshd's embedded CA keeps its root and join-token key here.
+        let ca_dir = dir.path().join("meshd").join("ca");
         let mut node = Node::create(test).expect("node namespace");
-        let ns = node.netns().to_string();
-        node.spawn(
-            "ca",
-            &ns,
-            None,
-            &[
-                &bin("mesh-ca"),
-                "serve",
-                "--dir",
-                &ca_dir.to_string_lossy(),
-                "--listen",
-                &format!("{NODE_IP}:15012"),
-            ],
-            &[],
-        )
-        .expect("start mesh-ca");
         let meshd_pid = start_meshd(&mut node, dir.path(), "meshd");
+        // Tokens are made from the CA's key file, so wait until meshd has
+        // created it (and the root the sidecars trust).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(ca_dir.join("join-token.key").exists() && ca_dir.join("root-cert.pem").exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "meshd never created its CA in {}\n{}",
+                ca_dir.display(),
+                node.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         LocalMesh {
             node,
             api: format!("http://{NODE_IP}:15014"),

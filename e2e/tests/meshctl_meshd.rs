@@ -49,6 +49,8 @@ fn start_meshd() -> Meshd {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--ca-addr",
+            "127.0.0.1:0",
             "--debounce",
             "20ms",
         ])

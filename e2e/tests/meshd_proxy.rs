@@ -47,6 +47,8 @@ fn proxy_acks_everything_meshd_sends_including_strict_inbound_mtls() {
             &xds,
             "--http-addr",
             &format!("{NODE_IP}:15014"),
+            "--ca-addr",
+            &format!("{NODE_IP}:15012"),
             "--debounce",
             "20ms",
         ],

@@ -1,5 +1,5 @@
 //! Scenario 1 of the e2e suite: mTLS between two pods. Real processes in
-//! network namespaces: the CA (`mesh-ca serve`) and meshd on the node, each
+//! network namespaces: meshd with its embedded CA on the node, each
 //! pod with `mesh-proxy init` rules and a sidecar as uid 1337 next to its
 //! app. The server's app sees the client's SPIFFE ID (the server sidecar
 //! verified it and passed it on in `x-forwarded-client-cert`), and with a

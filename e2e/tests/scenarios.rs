@@ -1,4 +1,4 @@
-//! The e2e scenarios on a whole local mesh (CA, meshd, sidecars with real
+//! The e2e scenarios on a whole local mesh (meshd and its CA, sidecars with real
 //! interception, demo apps) in network namespaces: a canary moved from
 //! 90/10 to 0/100 under steady load with no failed request, header-based
 //! routing to v2, and proxy-status listing every pod SYNCED.

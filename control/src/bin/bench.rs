@@ -281,6 +281,8 @@ async fn main() -> anyhow::Result<()> {
         dir.to_str().context("temp dir")?,
         "--http-addr",
         "127.0.0.1:0",
+        "--ca-addr",
+        "127.0.0.1:0",
         "--xds-addr",
         "127.0.0.1:0",
         "--debounce",
