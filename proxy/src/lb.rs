@@ -3,6 +3,8 @@
 //! Per-cluster state (round-robin cursor, in-flight counts) outlives config
 //! snapshots so that a config push does not reset the rotation.
 
+pub mod stats;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,13 +12,17 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
-use crate::config::{Endpoint, Health, LbPolicy, LoadAssignment};
+use crate::config::{CircuitBreaker, Endpoint, Health, LbPolicy, LoadAssignment};
+
+/// Envoy's default `max_retries` when the cluster sets no threshold.
+const DEFAULT_MAX_RETRIES: u32 = 3;
 
 /// Balancer state for one cluster.
 #[derive(Debug, Default)]
 pub struct ClusterLb {
     cursor: AtomicUsize,
     in_flight: Arc<AtomicUsize>,
+    retries: Arc<AtomicUsize>,
     /// Passive outlier detection state.
     pub outliers: crate::outlier::Outliers,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
@@ -78,6 +84,26 @@ impl ClusterLb {
             Some(m) if now >= m as usize => None,
             _ => Some(admission),
         }
+    }
+
+    /// Admits one more concurrent retry: under a retry budget at most
+    /// `budget_percent` of the requests in flight (but at least
+    /// `min_retry_concurrency`), otherwise at most `max_retries` (Envoy's
+    /// default 3). `None`: the retry overflows and is not sent.
+    pub fn admit_retry(&self, cb: Option<&CircuitBreaker>) -> Option<Admission> {
+        let limit = match cb.and_then(|c| c.retry_budget.as_ref()) {
+            Some(b) => {
+                let active = self.in_flight.load(Ordering::Relaxed) as f64;
+                let budget = (active * b.budget_percent / 100.0).floor() as usize;
+                budget.max(b.min_retry_concurrency as usize)
+            }
+            None => cb
+                .and_then(|c| c.max_retries)
+                .unwrap_or(DEFAULT_MAX_RETRIES) as usize,
+        };
+        let now = self.retries.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(self.retries.clone());
+        (now < limit).then_some(admission)
     }
 
     fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
@@ -148,6 +174,8 @@ impl ClusterLb {
 #[derive(Debug, Default)]
 pub struct Balancers {
     clusters: Mutex<HashMap<String, Arc<ClusterLb>>>,
+    /// Retry, overflow and ejection counters.
+    pub stats: stats::ClusterStats,
 }
 
 impl Balancers {
@@ -241,6 +269,32 @@ mod tests {
         drop(a);
         assert!(lb.admit(Some(2)).is_some());
         assert!(lb.admit(None).is_some());
+    }
+
+    #[test]
+    fn retry_budget_scales_with_active_requests_above_its_floor() {
+        let lb = ClusterLb::default();
+        let cb = CircuitBreaker {
+            retry_budget: Some(crate::config::RetryBudget {
+                budget_percent: 20.0,
+                min_retry_concurrency: 3,
+            }),
+            ..Default::default()
+        };
+        // 20 requests in flight: 20% is 4 retries, above the floor of 3.
+        let _reqs: Vec<_> = (0..20).map(|_| lb.admit(None).unwrap()).collect();
+        let retries: Vec<_> = (0..4).map(|_| lb.admit_retry(Some(&cb)).unwrap()).collect();
+        assert!(lb.admit_retry(Some(&cb)).is_none());
+        drop(retries);
+        drop(_reqs);
+        // Nothing in flight: the floor still allows 3.
+        let floor: Vec<_> = (0..3).map(|_| lb.admit_retry(Some(&cb)).unwrap()).collect();
+        assert!(lb.admit_retry(Some(&cb)).is_none());
+        drop(floor);
+        // No budget: max_retries, Envoy's default 3.
+        let plain: Vec<_> = (0..3).map(|_| lb.admit_retry(None).unwrap()).collect();
+        assert!(lb.admit_retry(None).is_none());
+        drop(plain);
     }
 
     #[test]

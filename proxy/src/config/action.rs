@@ -32,7 +32,7 @@ pub enum ClusterTarget {
     Weighted(Vec<WeightedTarget>),
 }
 
-/// Retry settings (enforced for requests without a body).
+/// Retry settings (requests whose body fits the replay buffer).
 #[derive(Debug, Clone, Serialize)]
 pub struct RetryPolicy {
     /// Conditions, comma separated (`5xx,connect-failure,...`).
@@ -43,6 +43,11 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// Statuses retried under `retriable-status-codes`.
     pub retriable_status_codes: Vec<u32>,
+    /// Back-off base interval (`retry_back_off.base_interval`; Envoy's
+    /// default 25 ms).
+    pub back_off_base: Option<Duration>,
+    /// Back-off cap (`retry_back_off.max_interval`; default 10 × base).
+    pub back_off_max: Option<Duration>,
 }
 
 /// Forward to a cluster.
@@ -253,14 +258,36 @@ fn retry(ctx: &Ctx, rp: xr::RetryPolicy) -> Result<RetryPolicy, ConfigError> {
         refresh_cluster_on_retry,
     } = rp;
     reject_set!(ctx; per_try_idle_timeout, retry_priority, retry_host_predicate, retry_options_predicates,
-        host_selection_retry_max_attempts, retry_back_off, rate_limited_retry_back_off, retriable_headers,
+        host_selection_retry_max_attempts, rate_limited_retry_back_off, retriable_headers,
         retriable_request_headers, refresh_cluster_on_retry);
+    let (back_off_base, back_off_max) = match retry_back_off {
+        None => (None, None),
+        Some(b) => {
+            let bctx = ctx.at("retry_back_off");
+            let xr::retry_policy::RetryBackOff {
+                base_interval,
+                max_interval,
+            } = b;
+            let base = opt_duration(&bctx, "base_interval", base_interval.as_ref())?
+                .ok_or_else(|| bctx.missing("base_interval"))?;
+            if base.is_zero() {
+                return Err(bctx.invalid("base_interval", "must be greater than 0"));
+            }
+            let max = opt_duration(&bctx, "max_interval", max_interval.as_ref())?;
+            if max.is_some_and(|m| m < base) {
+                return Err(bctx.invalid("max_interval", "must not be below base_interval"));
+            }
+            (Some(base), max)
+        }
+    };
     Ok(RetryPolicy {
         retry_on,
         // Envoy's default is one retry.
         num_retries: num_retries.map_or(1, |n| n.value),
         per_try_timeout: opt_duration(ctx, "per_try_timeout", per_try_timeout.as_ref())?,
         retriable_status_codes,
+        back_off_base,
+        back_off_max,
     })
 }
 

@@ -61,9 +61,25 @@ pub struct CircuitBreaker {
     pub max_pending_requests: Option<u32>,
     /// Maximum concurrent requests.
     pub max_requests: Option<u32>,
-    /// Maximum concurrent retries.
+    /// Maximum concurrent retries (Envoy's default 3; ignored when a retry
+    /// budget is set).
     pub max_retries: Option<u32>,
+    /// Concurrent retries as a share of active requests.
+    pub retry_budget: Option<RetryBudget>,
 }
+
+/// Envoy's `retry_budget`: concurrent retries may be at most
+/// `budget_percent` of the requests in flight, but never fewer than
+/// `min_retry_concurrency`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryBudget {
+    /// Percent of active requests (default 20).
+    pub budget_percent: f64,
+    /// Floor on concurrent retries (default 3).
+    pub min_retry_concurrency: u32,
+}
+
+impl Eq for RetryBudget {}
 
 /// Outlier detection settings (consecutive errors ejection).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -362,12 +378,35 @@ fn circuit_breaker(ctx: &Ctx, cb: xcl::CircuitBreakers) -> Result<CircuitBreaker
         track_remaining,
         max_connection_pools,
     } = t;
-    reject_set!(ctx; priority, retry_budget, track_remaining, max_connection_pools);
+    reject_set!(ctx; priority, track_remaining, max_connection_pools);
+    let retry_budget = retry_budget
+        .map(|b| {
+            let bctx = ctx.at("retry_budget");
+            let xcl::circuit_breakers::thresholds::RetryBudget {
+                budget_percent,
+                min_retry_concurrency,
+                budget_interval,
+            } = b;
+            reject_set!(bctx; budget_interval);
+            let budget_percent = budget_percent.map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&budget_percent) {
+                return Err(bctx.invalid(
+                    "budget_percent",
+                    format!("{budget_percent} is not a percentage"),
+                ));
+            }
+            Ok(RetryBudget {
+                budget_percent,
+                min_retry_concurrency: min_retry_concurrency.map_or(3, |v| v.value),
+            })
+        })
+        .transpose()?;
     Ok(CircuitBreaker {
         max_connections: max_connections.map(|v| v.value),
         max_pending_requests: max_pending_requests.map(|v| v.value),
         max_requests: max_requests.map(|v| v.value),
         max_retries: max_retries.map(|v| v.value),
+        retry_budget,
     })
 }
 

@@ -26,7 +26,8 @@ pub use action::{
     ClusterTarget, DirectResponse, ForwardAction, Redirect, RetryPolicy, WeightedTarget,
 };
 pub use cluster::{
-    CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection, UpstreamProtocol,
+    CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection, RetryBudget,
+    UpstreamProtocol,
 };
 pub use endpoint::{Endpoint, Health, LoadAssignment};
 pub use headers::{AppendAction, HeaderAdd, HeaderMutation};

@@ -1,8 +1,6 @@
 //! Forwarding a routed request upstream: endpoint choice, circuit
 //! breaker, path/host rewrite, header changes, timeouts and retries.
 
-use std::time::Duration;
-
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -10,10 +8,12 @@ use rand::Rng;
 use tracing::debug;
 
 use super::flags::{ProxyBody, ResponseFlag, local_reply, text};
+use super::retry::{self, Replayable, RequestBody, RetryCause, retry_on};
 use super::router::{apply_adds, apply_removes, pick_cluster};
 use super::upstream::{self, UpstreamError};
 use super::{ConnInfo, DEFAULT_ROUTE_TIMEOUT, HOP_BY_HOP, Outcome, rewrite_prefix};
 use crate::config::{Discovery, ForwardAction, ProxyConfig, Route};
+use crate::lb::stats::ClusterStats;
 use crate::runtime::Shared;
 
 #[allow(clippy::too_many_arguments)]
@@ -87,32 +87,48 @@ pub(super) async fn forward(
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     }
     .map(|t| tokio::time::Instant::now() + t);
-    // Bodies are streamed, not buffered, so only requests without a body
-    // can be replayed; others get one try (see docs/proxy.md).
+    // A body is buffered (up to 64 KiB) when a retry or a mirror may need
+    // to send it again; larger bodies stream through and get one try.
+    let wants_copy = f.retry.as_ref().is_some_and(|r| r.num_retries > 0) || !f.mirrors.is_empty();
+    let body = if upgrade {
+        RequestBody::Streaming(body.boxed())
+    } else if hyper::body::Body::is_end_stream(&body) {
+        RequestBody::Replayable(Replayable::default())
+    } else if wants_copy {
+        retry::buffer(body, retry::REPLAY_BUFFER_LIMIT).await
+    } else {
+        RequestBody::Streaming(body.boxed())
+    };
+    let (replay, mut stream) = match body {
+        RequestBody::Replayable(r) => (Some(r), None),
+        RequestBody::Streaming(b) => (None, Some(b)),
+    };
     let retry = f
         .retry
         .as_ref()
-        .filter(|r| r.num_retries > 0 && hyper::body::Body::is_end_stream(&body));
+        .filter(|r| r.num_retries > 0 && replay.is_some());
     let attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
-    if !f.mirrors.is_empty() && hyper::body::Body::is_end_stream(&body) {
-        mirror(f, &parts, &path_and_query, host, config, shared);
+    if let Some(replay) = &replay
+        && !f.mirrors.is_empty()
+    {
+        mirror(f, &parts, &path_and_query, host, replay, config, shared);
     }
-    let mut body = Some(body.boxed());
+    let lb = shared.balancers.cluster(&cluster.name);
+    let stats = &shared.balancers.stats;
+    stats.register(&shared.metrics);
+    // Held while a retry is in flight: the retry budget counts them.
+    let mut _retry_slot = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let more = attempt < attempts;
         // Held until the response headers arrive, for least-request accounting.
         let mut _active = None;
         let target = match &cluster.discovery {
             Discovery::OriginalDst => info.dst,
             _ => {
-                let picked = config.cluster_endpoints(cluster).and_then(|la| {
-                    shared
-                        .balancers
-                        .cluster(&cluster.name)
-                        .pick(cluster.lb_policy, &la)
-                });
+                let picked = config
+                    .cluster_endpoints(cluster)
+                    .and_then(|la| lb.pick(cluster.lb_policy, &la));
                 let Some(active) = picked else {
                     out.flag = Some(ResponseFlag::NoHealthyUpstream);
                     return local_reply(ResponseFlag::NoHealthyUpstream, None);
@@ -132,43 +148,18 @@ pub(super) async fn forward(
             Ok(u) => u,
             Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
         };
-        let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+        let request_body = match &replay {
+            Some(r) => r.body(),
+            None => stream.take().unwrap_or_else(empty_body),
+        };
+        let mut request = Request::new(request_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
-        type Call<'a> = std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>>
-                    + Send
-                    + 'a,
-            >,
-        >;
         if cluster.tls.is_some() {
             out.upstream_mtls = true;
         }
-        let call: Call<'_> = match (&cluster.tls, upgrade) {
-            (tls, true) => Box::pin(upstream::send_dedicated(
-                request,
-                target,
-                cluster.connect_timeout,
-                tls.clone(),
-                shared.svid.clone(),
-            )),
-            (Some(tls), false) => {
-                let (name, tls, svid) = (cluster.name.clone(), tls.clone(), shared.svid.clone());
-                let timeout = cluster.connect_timeout;
-                Box::pin(async move {
-                    shared
-                        .upstreams
-                        .send_mtls_pooled(&name, request, target, timeout, tls, svid)
-                        .await
-                })
-            }
-            (None, false) => {
-                let client = shared.upstreams.client(cluster, downstream_h2);
-                Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
-            }
-        };
+        let call = send(request, target, cluster, upgrade, downstream_h2, shared);
         let per_try = retry
             .and_then(|r| r.per_try_timeout)
             .map(|t| tokio::time::Instant::now() + t);
@@ -177,98 +168,154 @@ pub(super) async fn forward(
             (a, b) => a.or(b),
         };
         let result = match try_deadline {
-            Some(d) => match tokio::time::timeout_at(d, call).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let overall = deadline.is_some_and(|o| o <= tokio::time::Instant::now());
-                    if more && !overall && retry.is_some_and(|r| retry_on(r, RetryCause::Timeout)) {
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    out.flag = Some(ResponseFlag::UpstreamTimeout);
-                    return local_reply(ResponseFlag::UpstreamTimeout, None);
-                }
-            },
-            None => call.await,
+            Some(d) => tokio::time::timeout_at(d, call).await.ok(),
+            None => Some(call.await),
         };
-        if let Some(od) = &cluster.outlier_detection
-            && !matches!(cluster.discovery, Discovery::OriginalDst)
+        _retry_slot = None;
+        let cause = match &result {
+            None => RetryCause::Timeout,
+            Some(Ok(r)) => RetryCause::response(r.status().as_u16(), r.headers()),
+            Some(Err(e)) if e.is_connect() => RetryCause::ConnectFailure,
+            Some(Err(e)) if retry::is_refused_stream(e) => RetryCause::RefusedStream,
+            Some(Err(_)) => RetryCause::Reset,
+        };
+        report_outlier(config, shared, cluster, target, cause);
+        let overall_expired = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+        if let Some(policy) = retry
+            && attempt < attempts
+            && !overall_expired
+            && retry_on(policy, cause)
         {
-            use crate::outlier::TryResult;
-            let outcome = match &result {
-                Ok(r) if matches!(r.status().as_u16(), 502..=504) => TryResult::GatewayError,
-                Ok(r) if r.status().is_server_error() => TryResult::ServerError,
-                Ok(_) => TryResult::Success,
-                Err(_) => TryResult::GatewayError,
-            };
-            let hosts = config
-                .cluster_endpoints(cluster)
-                .map_or(0, |la| la.endpoints.len());
-            if shared
-                .balancers
-                .cluster(&cluster.name)
-                .outliers
-                .report(od, hosts, target, outcome)
-            {
-                tracing::info!(cluster = %cluster.name, endpoint = %target, "outlier ejected");
+            let cb = cluster.circuit_breaker.as_ref();
+            if let Some(slot) = lb.admit_retry(cb) {
+                ClusterStats::inc(&stats.retry, &cluster.name);
+                debug!(?cause, attempt, cluster = %cluster.name, upstream = %target, "retrying");
+                _retry_slot = Some(slot);
+                drop(_active.take());
+                let delay = retry::backoff_delay(policy, attempt, &mut rand::rng());
+                let wake = tokio::time::Instant::now() + delay;
+                tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
+                continue;
             }
+            ClusterStats::inc(&stats.retry_overflow, &cluster.name);
+            debug!(cluster = %cluster.name, "retry overflow: budget exhausted");
         }
-        match result {
-            Ok(resp) => {
-                if more
-                    && retry
-                        .is_some_and(|r| retry_on(r, RetryCause::Status(resp.status().as_u16())))
-                {
-                    debug!(status = resp.status().as_u16(), attempt, cluster = %cluster.name, "retrying");
-                    backoff(attempt).await;
-                    continue;
-                }
-                let mut resp = resp;
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(down) = downstream_upgrade.take()
-                {
-                    let up = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(splice(down, up));
-                    let (parts, body) = resp.into_parts();
-                    return Response::from_parts(parts, body.boxed());
-                }
-                let (mut parts, body) = resp.into_parts();
-                for h in HOP_BY_HOP {
-                    parts.headers.remove(*h);
-                }
-                return Response::from_parts(parts, body.boxed());
+        let resp = match result {
+            Some(Ok(resp)) => resp,
+            None => {
+                out.flag = Some(ResponseFlag::UpstreamTimeout);
+                return local_reply(ResponseFlag::UpstreamTimeout, None);
             }
-            Err(e) => {
-                let (flag, cause) = if e.is_connect() {
-                    (
-                        ResponseFlag::UpstreamConnectFailure,
-                        RetryCause::ConnectFailure,
-                    )
+            Some(Err(e)) => {
+                let flag = if e.is_connect() {
+                    ResponseFlag::UpstreamConnectFailure
                 } else {
-                    (
-                        ResponseFlag::UpstreamConnectionTermination,
-                        RetryCause::Reset,
-                    )
+                    ResponseFlag::UpstreamConnectionTermination
                 };
                 debug!(error = %e, cluster = %cluster.name, upstream = %target, attempt, "upstream request failed");
-                if more && retry.is_some_and(|r| retry_on(r, cause)) {
-                    backoff(attempt).await;
-                    continue;
-                }
                 out.flag = Some(flag);
                 return local_reply(flag, None);
             }
+        };
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(down) = downstream_upgrade.take()
+        {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice(down, up));
+            let (parts, body) = resp.into_parts();
+            return Response::from_parts(parts, body.boxed());
+        }
+        let (mut parts, body) = resp.into_parts();
+        for h in HOP_BY_HOP {
+            parts.headers.remove(*h);
+        }
+        return Response::from_parts(parts, body.boxed());
+    }
+}
+
+type Call<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a>,
+>;
+
+/// Starts one try: a dedicated connection for upgrades, the pooled mTLS
+/// connections for TLS clusters, the pooled plain client otherwise.
+fn send<'a>(
+    request: Request<ProxyBody>,
+    target: std::net::SocketAddr,
+    cluster: &'a crate::config::Cluster,
+    upgrade: bool,
+    downstream_h2: bool,
+    shared: &'a Shared,
+) -> Call<'a> {
+    match (&cluster.tls, upgrade) {
+        (tls, true) => Box::pin(upstream::send_dedicated(
+            request,
+            target,
+            cluster.connect_timeout,
+            tls.clone(),
+            shared.svid.clone(),
+        )),
+        (Some(tls), false) => {
+            let (name, tls, svid) = (cluster.name.clone(), tls.clone(), shared.svid.clone());
+            let timeout = cluster.connect_timeout;
+            Box::pin(async move {
+                shared
+                    .upstreams
+                    .send_mtls_pooled(&name, request, target, timeout, tls, svid)
+                    .await
+            })
+        }
+        (None, false) => {
+            let client = shared.upstreams.client(cluster, downstream_h2);
+            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
         }
     }
 }
 
-/// Sends shadow copies of a bodiless request to the mirror clusters, with
-/// `-shadow` appended to the host as Envoy does; responses are discarded.
+/// Feeds one try's result to the cluster's outlier detection.
+fn report_outlier(
+    config: &ProxyConfig,
+    shared: &Shared,
+    cluster: &crate::config::Cluster,
+    target: std::net::SocketAddr,
+    cause: RetryCause,
+) {
+    let Some(od) = &cluster.outlier_detection else {
+        return;
+    };
+    if matches!(cluster.discovery, Discovery::OriginalDst) {
+        return;
+    }
+    use crate::outlier::TryResult;
+    let outcome = match cause {
+        RetryCause::Response {
+            status: 502..=504, ..
+        } => TryResult::GatewayError,
+        RetryCause::Response { status, .. } if status >= 500 => TryResult::ServerError,
+        RetryCause::Response { .. } => TryResult::Success,
+        // Local-origin failures count as gateway errors (no split errors).
+        _ => TryResult::GatewayError,
+    };
+    let hosts = config
+        .cluster_endpoints(cluster)
+        .map_or(0, |la| la.endpoints.len());
+    let lb = shared.balancers.cluster(&cluster.name);
+    if lb.outliers.report(od, hosts, target, outcome) {
+        ClusterStats::inc(&shared.balancers.stats.ejections, &cluster.name);
+        tracing::info!(cluster = %cluster.name, endpoint = %target, "outlier ejected");
+    }
+}
+
+/// Sends shadow copies of a request (whose body was buffered) to the mirror
+/// clusters, with `-shadow` appended to the host as Envoy does; responses
+/// are discarded.
 fn mirror(
     f: &ForwardAction,
     parts: &http::request::Parts,
     path_and_query: &str,
     host: &str,
+    body: &Replayable,
     config: &ProxyConfig,
     shared: &Shared,
 ) {
@@ -299,7 +346,7 @@ fn mirror(
         else {
             continue;
         };
-        let mut req = Request::new(empty_body());
+        let mut req = Request::new(body.body());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = parts.headers.clone();
@@ -353,41 +400,4 @@ fn empty_body() -> ProxyBody {
     http_body_util::Empty::<bytes::Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// What went wrong with one try.
-#[derive(Debug, Clone, Copy)]
-enum RetryCause {
-    ConnectFailure,
-    Reset,
-    Timeout,
-    Status(u16),
-}
-
-/// Envoy's `retry_on` conditions that the proxy implements.
-fn retry_on(policy: &crate::config::RetryPolicy, cause: RetryCause) -> bool {
-    policy
-        .retry_on
-        .split(',')
-        .map(str::trim)
-        .any(|cond| match (cond, cause) {
-            ("5xx", RetryCause::Status(s)) => s >= 500,
-            ("5xx", _) => true,
-            ("gateway-error", RetryCause::Status(s)) => matches!(s, 502..=504),
-            ("gateway-error", _) => true,
-            ("connect-failure", RetryCause::ConnectFailure) => true,
-            ("reset", RetryCause::Reset | RetryCause::ConnectFailure) => true,
-            ("retriable-status-codes", RetryCause::Status(s)) => {
-                policy.retriable_status_codes.contains(&u32::from(s))
-            }
-            // gRPC `unavailable` / `cancelled` come as grpc-status trailers
-            // and `refused-stream` as an h2 reset: not detected yet.
-            _ => false,
-        })
-}
-
-/// Envoy's default retry back-off: 25 ms base, doubling, capped at 250 ms.
-async fn backoff(attempt: u32) {
-    let ms = 25u64.saturating_mul(1 << attempt.min(4)).min(250);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
