@@ -1,5 +1,6 @@
 //! Debug and monitoring endpoints: `/debug/syncz`, `/debug/configz`,
-//! `/debug/registryz`, `/metrics`, `/healthz/ready`.
+//! `/debug/registryz`, `/debug/config_dump?proxyID=`, `/debug/ca`,
+//! `/metrics`, `/healthz/ready`.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -70,11 +71,87 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 }),
             )
         }
+        "/debug/config_dump" => config_dump(req.uri().query(), shared),
+        "/debug/ca" => crate::ca_info::handle(shared),
         p => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no debug endpoint {p}; try /debug/syncz, /debug/configz, /debug/registryz or /metrics"
+                "no debug endpoint {p}; try /debug/syncz, /debug/configz, /debug/registryz, /debug/config_dump?proxyID=, /debug/ca or /metrics"
             ),
         ),
+    }
+}
+
+/// `/debug/config_dump?proxyID=<name>`: the Envoy `ConfigDump` meshd
+/// generates for a connected proxy; 404 names the connected ones.
+fn config_dump(query: Option<&str>, shared: &Shared) -> Response<Body> {
+    let Some(asked) = query_param(query, "proxyID") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing ?proxyID=<pod.namespace or node id>; `meshctl proxy-status` lists them".into(),
+        );
+    };
+    let snapshot = shared.builder.current();
+    match crate::config_dump::dump_json(&shared.status.list(), &asked, &snapshot) {
+        Ok(dump) => json(StatusCode::OK, &dump),
+        Err(e @ crate::config_dump::DumpError::UnknownProxy { .. }) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(proxy = %asked, error = %crate::config_dump::error_chain(&e), "config dump failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                crate::config_dump::error_chain(&e),
+            )
+        }
+    }
+}
+
+/// The percent-decoded value of `key` in a query string.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key && !v.is_empty()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    // Two hex digits make a byte below 256.
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_param(Some("a=1&proxyID=sidecar~10.0.0.1~r%2D1.ns~x"), "proxyID").as_deref(),
+            Some("sidecar~10.0.0.1~r-1.ns~x")
+        );
+        assert_eq!(query_param(Some("proxyID="), "proxyID"), None);
+        assert_eq!(percent_decode("50%"), "50%");
     }
 }

@@ -2,9 +2,12 @@
 //! parses flags and calls [`server::run`].
 
 pub mod api;
+pub mod ca_info;
 pub mod config;
+pub mod config_dump;
 pub mod debug;
 pub mod documents;
+pub mod envoy_json;
 pub mod http;
 pub mod metrics;
 pub mod node;

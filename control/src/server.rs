@@ -80,6 +80,7 @@ async fn bind(
 /// (`mesh-ca token create --dir <ca-dir>`) or, to renew, their current SVID.
 async fn start_ca(
     config: &Config,
+    shared: &Shared,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<SocketAddr, StartError> {
     use mesh_ca::auth::Authenticator;
@@ -90,6 +91,7 @@ async fn start_ca(
         &config.trust_domain,
         mesh_ca::IssuePolicy::default(),
     )?);
+    let _ = shared.ca.set(crate::ca_info::CaInfo::of(&ca));
     let tokens = Arc::new(mesh_ca::token::JoinTokens::load_or_create(&dir)?);
     let auth = Authenticator::default().with_join_tokens(tokens);
     let (listener, ca_addr) = bind(config.ca_addr, "ca-addr").await?;
@@ -143,6 +145,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         workloads: workloads.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
+        ca: Default::default(),
     });
 
     let (xds, xds_addr) = bind(config.xds_addr, "xds-addr").await?;
@@ -164,7 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
     tracing::info!(%http_addr, "management API and debug endpoints listening");
 
-    let ca_addr = start_ca(config, &mut tasks).await?;
+    let ca_addr = start_ca(config, &shared, &mut tasks).await?;
     Ok(Running {
         http_addr,
         xds_addr,

@@ -21,4 +21,6 @@ pub struct Shared {
     pub status: Arc<SyncStatus>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The embedded CA's public facts for `/debug/ca` (set once it loads).
+    pub ca: std::sync::OnceLock<crate::ca_info::CaInfo>,
 }
