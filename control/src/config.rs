@@ -30,8 +30,14 @@ pub struct Config {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub workload_grace: Duration,
     /// Where the embedded CA serves (gRPC over TLS; proxies get their SVIDs
-    /// there with a join token).
-    #[arg(long, default_value = "127.0.0.1:15012", env = "MESHD_CA_ADDR")]
+    /// there with a join token or, on Kubernetes, their service-account
+    /// token). `--xds-tls-addr` is the same flag (Istio's port 15012).
+    #[arg(
+        long,
+        alias = "xds-tls-addr",
+        default_value = "127.0.0.1:15012",
+        env = "MESHD_CA_ADDR"
+    )]
     pub ca_addr: SocketAddr,
     /// The CA's directory (Istio `cacerts` layout; a plug-in CA is used as
     /// is); created with a new root when empty. Default: `<data-dir>/ca`.
@@ -40,6 +46,30 @@ pub struct Config {
     /// SPIFFE trust domain of a CA created here.
     #[arg(long, default_value = "cluster.local", env = "MESHD_TRUST_DOMAIN")]
     pub trust_domain: String,
+    /// Kubernetes mode: config from the mesh's CRDs, the registry from
+    /// Services/EndpointSlices/Pods, the CA's root in a Secret, the webhooks
+    /// served; the API server is found in-cluster or from the kubeconfig.
+    #[arg(long, env = "MESHD_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes mode: where the admission webhooks serve (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:15017", env = "MESHD_WEBHOOK_ADDR")]
+    pub webhook_addr: SocketAddr,
+    /// Kubernetes mode: the mounted `mesh-config` ConfigMap (files
+    /// `trustDomain`, `rootCertConfigMap`); its values override the flags.
+    #[arg(long, env = "MESHD_MESH_CONFIG_DIR")]
+    pub mesh_config_dir: Option<PathBuf>,
+    /// Kubernetes mode: the cluster's DNS domain (service hosts are
+    /// `<name>.<namespace>.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local", env = "MESHD_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+    /// Kubernetes mode: meshd's own namespace (its Lease, CA Secret and
+    /// Service live there).
+    #[arg(long, default_value = "mesh-system", env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Kubernetes mode: this replica's name, the leader election identity.
+    /// Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 impl Config {

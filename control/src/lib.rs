@@ -9,6 +9,7 @@ pub mod debug;
 pub mod documents;
 pub mod envoy_json;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod node;
 pub mod registry;

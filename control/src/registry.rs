@@ -73,6 +73,9 @@ pub enum Health {
     Healthy,
     /// Its proxy disconnected; kept for the grace period.
     Unhealthy,
+    /// Terminating but still serving (a Kubernetes endpoint shutting down):
+    /// no new requests, existing ones finish.
+    Draining,
 }
 
 /// One instance of a service.
@@ -158,6 +161,8 @@ pub struct Workloads {
     inner: Mutex<HashMap<String, Workload>>,
     changed: watch::Sender<u64>,
     grace: Duration,
+    // Services of a platform registry (Kubernetes), set whole by its owner.
+    platform: Mutex<Vec<PendingService>>,
 }
 
 impl Workloads {
@@ -167,6 +172,7 @@ impl Workloads {
             inner: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             grace,
+            platform: Mutex::new(Vec::new()),
         }
     }
 
@@ -228,6 +234,22 @@ impl Workloads {
         if changed {
             self.bump();
         }
+    }
+
+    /// Replaces the services of a platform registry (Kubernetes Services
+    /// with their endpoints; see `crate::kube::registry`). They win over a
+    /// `ServiceEntry` of the same host.
+    pub fn set_platform_services(&self, services: Vec<PendingService>) {
+        *self.platform.lock().unwrap_or_else(|p| p.into_inner()) = services;
+        self.bump();
+    }
+
+    /// The services last set by [`Workloads::set_platform_services`].
+    pub fn platform_services(&self) -> Vec<PendingService> {
+        self.platform
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current workloads.

@@ -25,6 +25,9 @@ pub enum StartError {
     /// The embedded CA could not be loaded or created.
     #[error("the embedded CA (--ca-dir): {0}")]
     Ca(#[from] mesh_ca::authority::AuthorityError),
+    /// Kubernetes mode (`--kubernetes`) could not start.
+    #[error("Kubernetes mode: {0}")]
+    Kube(#[from] crate::kube::KubeError),
     /// The CA's join-token key could not be loaded or created.
     #[error("the embedded CA's join tokens (--ca-dir): {0}")]
     JoinTokens(#[from] mesh_ca::token::TokenError),
@@ -52,6 +55,8 @@ pub struct Running {
     pub xds_addr: SocketAddr,
     /// Where the embedded CA listens.
     pub ca_addr: SocketAddr,
+    /// Where the admission webhooks listen (Kubernetes mode only).
+    pub webhook_addr: Option<SocketAddr>,
     /// Shared handles (store, registry, ...).
     pub shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -81,11 +86,15 @@ async fn bind(
 async fn start_ca(
     config: &Config,
     shared: &Shared,
+    kube: Option<&crate::kube::KubeMode>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<SocketAddr, StartError> {
+) -> Result<(SocketAddr, Arc<mesh_ca::CertificateAuthority>), StartError> {
     use mesh_ca::auth::Authenticator;
     use mesh_ca::server::ServeOptions;
     let dir = config.ca_dir();
+    if let Some(k) = kube {
+        k.prepare_ca(&dir).await?;
+    }
     let ca = Arc::new(mesh_ca::CertificateAuthority::load_or_init(
         &dir,
         &config.trust_domain,
@@ -93,12 +102,16 @@ async fn start_ca(
     )?);
     let _ = shared.ca.set(crate::ca_info::CaInfo::of(&ca));
     let tokens = Arc::new(mesh_ca::token::JoinTokens::load_or_create(&dir)?);
-    let auth = Authenticator::default().with_join_tokens(tokens);
+    let mut auth = Authenticator::default().with_join_tokens(tokens);
+    if let Some(k) = kube {
+        auth = auth.with_kubernetes(k.token_reviewer());
+    }
     let (listener, ca_addr) = bind(config.ca_addr, "ca-addr").await?;
     let mut opts = ServeOptions::default();
     if !ca_addr.ip().is_unspecified() && !opts.ips.contains(&ca_addr.ip()) {
         opts.ips.push(ca_addr.ip());
     }
+    let served = ca.clone();
     tasks.push(tokio::spawn(async move {
         let never = std::future::pending::<()>();
         let metrics = mesh_ca::metrics::CaMetrics::default();
@@ -107,25 +120,40 @@ async fn start_ca(
         }
     }));
     tracing::info!(%ca_addr, ca_dir = %dir.display(), "CA listening");
-    Ok(ca_addr)
+    Ok((ca_addr, served))
 }
 
 /// Opens the stores, binds the listeners and spawns every task.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
+    let kube = if config.kubernetes {
+        Some(crate::kube::KubeMode::connect(config).await?)
+    } else {
+        None
+    };
+    // The mounted mesh config may set the trust domain.
+    let mut adjusted = config.clone();
+    if let Some(k) = &kube {
+        adjusted.trust_domain = k.trust_domain.clone();
+    }
+    let config = &adjusted;
     // SQLite always opens: it holds the VIPs even when config comes from files.
     let sqlite = SqliteStore::open(&config.data_dir()).await?;
     let vips = VipAllocator::load(Some(sqlite.pool().clone())).await?;
-    let store: Arc<dyn ConfigStore> = match &config.config_dir {
-        Some(dir) => {
+    let store: Arc<dyn ConfigStore> = match (&kube, &config.config_dir) {
+        (Some(k), _) => Arc::new(k.config_store(&mut tasks).await),
+        (None, Some(dir)) => {
             let files = FilesStore::open(dir)?;
             tasks.push(files.spawn_poller());
             Arc::new(files)
         }
-        None => Arc::new(sqlite),
+        (None, None) => Arc::new(sqlite),
     };
     tracing::info!(store = %store.describe(), "config store open");
     let workloads = Arc::new(Workloads::new(config.workload_grace));
+    if let Some(k) = &kube {
+        k.spawn_registry(workloads.clone(), &mut tasks);
+    }
     let builder = SnapshotBuilder::new(store.clone(), workloads.clone(), vips);
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(SyncStatus::default());
@@ -167,11 +195,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
     tracing::info!(%http_addr, "management API and debug endpoints listening");
 
-    let ca_addr = start_ca(config, &shared, &mut tasks).await?;
+    let (ca_addr, ca) = start_ca(config, &shared, kube.as_ref(), &mut tasks).await?;
+    let webhook_addr = match &kube {
+        Some(k) => Some(k.start_with_ca(&ca, &mut tasks).await?.webhook_addr),
+        None => None,
+    };
     Ok(Running {
         http_addr,
         xds_addr,
         ca_addr,
+        webhook_addr,
         shared,
         tasks,
     })

@@ -88,7 +88,8 @@ impl SnapshotBuilder {
                 Err(e) => errors.push(e),
             }
         }
-        let pending = registry::collect(&config, &self.workloads.list());
+        let mut pending = registry::collect(&config, &self.workloads.list());
+        pending.extend(self.workloads.platform_services());
         let hosts: Vec<String> = pending
             .iter()
             .filter(|p| p.address.is_none())

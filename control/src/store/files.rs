@@ -230,11 +230,19 @@ impl ConfigStore for FilesStore {
     }
 
     fn apply(&self, _: Vec<NewObject>) -> BoxFuture<'_, Result<Vec<WriteResult>, StoreError>> {
-        futures_util::future::ready(Err(StoreError::ReadOnly(self.describe()))).boxed()
+        futures_util::future::ready(Err(StoreError::ReadOnly(format!(
+            "{} (edit the files instead)",
+            self.describe()
+        ))))
+        .boxed()
     }
 
     fn delete(&self, _: Vec<ResourceKey>) -> BoxFuture<'_, Result<Vec<WriteResult>, StoreError>> {
-        futures_util::future::ready(Err(StoreError::ReadOnly(self.describe()))).boxed()
+        futures_util::future::ready(Err(StoreError::ReadOnly(format!(
+            "{} (edit the files instead)",
+            self.describe()
+        ))))
+        .boxed()
     }
 
     fn watch(&self) -> broadcast::Receiver<WatchEvent> {

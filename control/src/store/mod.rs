@@ -123,8 +123,9 @@ pub enum StoreError {
     /// A stored object could not be (de)serialized.
     #[error("stored object is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// The store is read-only (the files source).
-    #[error("this config source is read-only ({0}); edit the files instead")]
+    /// The store is read-only (the files source, Kubernetes); the string
+    /// names the source and says where to make changes instead.
+    #[error("this config source is read-only: {0}")]
     ReadOnly(String),
     /// Documents were rejected by validation; nothing was written.
     #[error("invalid resources: {}", .0.join("; "))]

@@ -33,6 +33,7 @@ fn assignment(c: &EdsCluster, svc: &crate::registry::Service) -> ClusterLoadAssi
         let health = match ep.health {
             Health::Healthy => HealthStatus::Healthy,
             Health::Unhealthy => HealthStatus::Unhealthy,
+            Health::Draining => HealthStatus::Draining,
         };
         by_locality
             .entry(ep.locality.clone().unwrap_or_default())

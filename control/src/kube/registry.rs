@@ -1,0 +1,338 @@
+//! The service registry on Kubernetes: Services (ClusterIP as the VIP,
+//! ports with their names and `appProtocol`), their EndpointSlices
+//! (ready / serving-while-terminating / neither → HEALTHY / DRAINING /
+//! UNHEALTHY), the Pods behind them (labels, service account, whether a
+//! sidecar was injected) and the Nodes those run on (locality from
+//! `topology.kubernetes.io/region` and `/zone`).
+//!
+//! Four reflectors keep the objects; any change recomputes the services
+//! (cheap next to an xDS push) and hands them whole to
+//! [`Workloads::set_platform_services`], which triggers the usual debounced
+//! snapshot rebuild.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ::kube::Client;
+use ::kube::api::Api;
+use ::kube::runtime::reflector::{self, ObjectRef, Store};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::sync::Notify;
+
+use crate::registry::{
+    Endpoint, Health, PendingService, Protocol, Service, ServicePort, TLS_MODE_LABEL, Workloads,
+};
+
+/// Label of an EndpointSlice naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Node label giving the region.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Node label giving the zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Read-only views of the reflected objects.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Services.
+    pub services: Store<KubeService>,
+    /// EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    /// Pods.
+    pub pods: Store<Pod>,
+    /// Nodes.
+    pub nodes: Store<Node>,
+}
+
+/// Spawns the four reflectors and the task that turns their contents into
+/// registry services (first after all four have listed). Returns the
+/// stores and the tasks.
+pub fn spawn(
+    client: &Client,
+    cluster_domain: String,
+    workloads: Arc<Workloads>,
+) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
+    let changed = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    let (services, t) = reflect::<KubeService>(Api::all(client.clone()), changed.clone());
+    tasks.push(t);
+    let (slices, t) = reflect::<EndpointSlice>(Api::all(client.clone()), changed.clone());
+    tasks.push(t);
+    let (pods, t) = reflect::<Pod>(Api::all(client.clone()), changed.clone());
+    tasks.push(t);
+    let (nodes, t) = reflect::<Node>(Api::all(client.clone()), changed.clone());
+    tasks.push(t);
+    let stores = Stores {
+        services,
+        slices,
+        pods,
+        nodes,
+    };
+    let s = stores.clone();
+    tasks.push(tokio::spawn(async move {
+        for ready in [
+            s.services.wait_until_ready().await,
+            s.slices.wait_until_ready().await,
+            s.pods.wait_until_ready().await,
+            s.nodes.wait_until_ready().await,
+        ] {
+            if ready.is_err() {
+                return;
+            }
+        }
+        tracing::info!(
+            services = s.services.len(),
+            pods = s.pods.len(),
+            "Kubernetes registry listed"
+        );
+        loop {
+            let services = build(&s, &cluster_domain);
+            tracing::debug!(services = services.len(), "Kubernetes registry updated");
+            workloads.set_platform_services(services);
+            changed.notified().await;
+        }
+    }));
+    (stores, tasks)
+}
+
+fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: ::kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                // Init/InitApply only fill the buffer; the swap is InitDone.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(
+                    kind = %K::kind(&()),
+                    error = %e,
+                    "Kubernetes watch failed; retrying"
+                ),
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// The registry services of everything in `stores`.
+pub fn build(stores: &Stores, cluster_domain: &str) -> Vec<PendingService> {
+    let mut slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+    for s in stores.slices.state() {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.clone(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned(),
+        ) else {
+            continue;
+        };
+        slices.entry((ns, svc)).or_default().push(s);
+    }
+    let mut out: Vec<PendingService> = stores
+        .services
+        .state()
+        .iter()
+        .filter_map(|svc| {
+            let ns = svc.metadata.namespace.clone()?;
+            let name = svc.metadata.name.clone()?;
+            let empty = Vec::new();
+            let its = slices.get(&(ns, name)).unwrap_or(&empty);
+            service_of(svc, its, stores, cluster_domain)
+        })
+        .collect();
+    out.sort_by(|a, b| a.service.host.cmp(&b.service.host));
+    out
+}
+
+/// One Service with its endpoints; `None` for kinds the mesh does not route
+/// (ExternalName).
+fn service_of(
+    svc: &KubeService,
+    slices: &[Arc<EndpointSlice>],
+    stores: &Stores,
+    cluster_domain: &str,
+) -> Option<PendingService> {
+    let ns = svc.metadata.namespace.as_deref()?;
+    let name = svc.metadata.name.as_deref()?;
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    // Headless services ("None") get a VIP from meshd's allocator.
+    let address: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let number = u32::try_from(p.port).unwrap_or_default();
+            ServicePort {
+                number,
+                name: p.name.clone().unwrap_or_else(|| format!("port-{number}")),
+                protocol: protocol_of(p.app_protocol.as_deref(), p.name.as_deref()),
+                target_port: match &p.target_port {
+                    Some(IntOrString::Int(n)) => u32::try_from(*n).ok(),
+                    // A named target port is resolved per endpoint by the slices.
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let slice_ports: BTreeMap<String, u32> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u32::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect();
+        // A single unnamed service port matches the slice's unnamed port.
+        let ports_by_service_name: BTreeMap<String, u32> = ports
+            .iter()
+            .filter_map(|sp| {
+                let key = if slice_ports.contains_key(&sp.name) {
+                    sp.name.clone()
+                } else if ports.len() == 1 {
+                    String::new()
+                } else {
+                    return None;
+                };
+                Some((sp.name.clone(), *slice_ports.get(&key)?))
+            })
+            .collect();
+        for ep in &slice.endpoints {
+            let pod = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    let pod_ns = r.namespace.as_deref().unwrap_or(ns);
+                    stores
+                        .pods
+                        .get(&ObjectRef::new(r.name.as_deref()?).within(pod_ns))
+                });
+            let mut labels = pod
+                .as_ref()
+                .and_then(|p| p.metadata.labels.clone())
+                .unwrap_or_default();
+            if pod.as_deref().is_some_and(has_sidecar) {
+                labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+            }
+            let service_account = pod
+                .as_ref()
+                .and_then(|p| p.spec.as_ref()?.service_account_name.clone());
+            let locality = ep
+                .node_name
+                .as_deref()
+                .and_then(|n| stores.nodes.get(&ObjectRef::new(n)))
+                .and_then(|n| locality_of(&n))
+                .or_else(|| ep.zone.clone().map(|z| format!("/{z}")));
+            for address in &ep.addresses {
+                endpoints.push(Endpoint {
+                    address: address.clone(),
+                    ports: ports_by_service_name.clone(),
+                    labels: labels.clone(),
+                    locality: locality.clone(),
+                    weight: 1,
+                    health: health_of(ep.conditions.as_ref()),
+                    service_account: service_account.clone(),
+                    namespace: ns.to_string(),
+                    source: format!(
+                        "EndpointSlice {ns}/{}",
+                        slice.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    Some(PendingService {
+        service: Service {
+            host: format!("{name}.{ns}.svc.{cluster_domain}"),
+            namespace: ns.to_string(),
+            vip: Ipv4Addr::UNSPECIFIED,
+            ports,
+            endpoints,
+            external: false,
+            source: format!("Service {ns}/{name}"),
+        },
+        address,
+    })
+}
+
+/// `appProtocol` first (with Kubernetes' standard `kubernetes.io/h2c`),
+/// else Istio's port-name prefix rule.
+pub fn protocol_of(app_protocol: Option<&str>, name: Option<&str>) -> Protocol {
+    match app_protocol {
+        Some("kubernetes.io/h2c") => Protocol::Http2,
+        Some("kubernetes.io/ws" | "kubernetes.io/wss") => Protocol::Tcp,
+        other => Protocol::detect(other, name),
+    }
+}
+
+/// EndpointSlice conditions to health: ready → HEALTHY; not ready but
+/// still serving while terminating → DRAINING; else UNHEALTHY. An absent
+/// `ready` means ready (the API's documented default).
+pub fn health_of(c: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>) -> Health {
+    let Some(c) = c else {
+        return Health::Healthy;
+    };
+    if c.ready.unwrap_or(true) {
+        Health::Healthy
+    } else if c.serving == Some(true) && c.terminating == Some(true) {
+        Health::Draining
+    } else {
+        Health::Unhealthy
+    }
+}
+
+/// `region/zone` from a Node's topology labels.
+pub fn locality_of(node: &Node) -> Option<String> {
+    let labels = node.metadata.labels.as_ref()?;
+    let region = labels.get(REGION_LABEL).map(String::as_str).unwrap_or("");
+    let zone = labels.get(ZONE_LABEL).map(String::as_str).unwrap_or("");
+    (!region.is_empty() || !zone.is_empty()).then(|| format!("{region}/{zone}"))
+}
+
+/// Whether the injector gave the pod a sidecar (its status annotation, or
+/// a `mesh-proxy` container for pods injected by hand).
+pub fn has_sidecar(pod: &Pod) -> bool {
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(mesh_inject::annotations::STATUS));
+    let spec = pod.spec.as_ref();
+    let container = spec.is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == "mesh-proxy")
+    });
+    annotated || container
+}
