@@ -2,7 +2,7 @@
 //! either changes and published whole through a `tokio::sync::watch`, so a
 //! reader never sees half an update.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,24 @@ pub struct Snapshot {
     pub errors: Vec<String>,
     /// The store's highest resourceVersion seen.
     pub resource_version: i64,
+    /// Set when everything translation reads is unchanged since an earlier
+    /// snapshot except the endpoints of some services: proxies' configs can
+    /// then be updated incrementally (see [`EndpointChanges`]).
+    #[serde(skip)]
+    pub endpoint_changes: Option<EndpointChanges>,
+}
+
+/// What changed since snapshot `since`: only the endpoints of `hosts`
+/// (inline `ServiceEntry` endpoints, `WorkloadEntry`s, auto-registered
+/// workloads). Every other resource, and every service but its endpoints,
+/// is as it was in every snapshot from `since` to this one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointChanges {
+    /// The oldest snapshot version this holds for.
+    pub since: u64,
+    /// Hosts of the services whose endpoints changed (cumulative since
+    /// `since`).
+    pub hosts: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -107,16 +125,19 @@ impl SnapshotBuilder {
                 (s.host.clone(), s)
             })
             .collect();
-        let version = self.tx.borrow().version + 1;
+        let prev = self.tx.borrow().clone();
+        let version = prev.version + 1;
+        let endpoint_changes = endpoint_changes(&prev, &config, &services);
         let snap = Arc::new(Snapshot {
             version,
             config,
             services,
             errors,
             resource_version,
+            endpoint_changes,
         });
         self.tx.send_replace(snap.clone());
-        tracing::debug!(version, elapsed = ?started.elapsed(), "snapshot published");
+        tracing::debug!(version, elapsed = ?started.elapsed(), endpoints_only = snap.endpoint_changes.is_some(), "snapshot published");
         Ok(snap)
     }
 
@@ -150,6 +171,80 @@ impl SnapshotBuilder {
                 tracing::error!(error = %e, "snapshot rebuild failed; proxies keep the previous one");
             }
         }
+    }
+}
+
+/// [`EndpointChanges`] of a snapshot made of `config` and `services` that
+/// follows `prev`; `None` when anything but endpoints changed.
+fn endpoint_changes(
+    prev: &Snapshot,
+    config: &[Resource],
+    services: &BTreeMap<String, Service>,
+) -> Option<EndpointChanges> {
+    if prev.version == 0 || prev.config.len() != config.len() {
+        return None;
+    }
+    if !prev
+        .config
+        .iter()
+        .zip(config)
+        .all(|(a, b)| a == b || same_but_endpoints(a, b))
+    {
+        return None;
+    }
+    if prev.services.len() != services.len() {
+        return None;
+    }
+    let mut hosts = BTreeSet::new();
+    for ((ha, a), (hb, b)) in prev.services.iter().zip(services) {
+        if ha != hb {
+            return None;
+        }
+        if a == b {
+            continue;
+        }
+        let mut a_bare = a.clone();
+        a_bare.endpoints = b.endpoints.clone();
+        if a_bare != *b {
+            return None;
+        }
+        hosts.insert(hb.clone());
+    }
+    Some(match &prev.endpoint_changes {
+        Some(c) => EndpointChanges {
+            since: c.since,
+            hosts: c.hosts.union(&hosts).cloned().collect(),
+        },
+        None => EndpointChanges {
+            since: prev.version,
+            hosts,
+        },
+    })
+}
+
+/// Whether two versions of one resource differ only in what feeds service
+/// endpoints: a `ServiceEntry`'s inline `endpoints`, or a `WorkloadEntry`
+/// (which translation reads only through the registry).
+fn same_but_endpoints(a: &Resource, b: &Resource) -> bool {
+    let same_id = |x: &mesh_model::ObjectMeta, y: &mesh_model::ObjectMeta| {
+        x.name == y.name
+            && x.namespace == y.namespace
+            && x.labels == y.labels
+            && x.annotations == y.annotations
+    };
+    match (a, b) {
+        (Resource::ServiceEntry(x), Resource::ServiceEntry(y)) => {
+            if !same_id(&x.metadata, &y.metadata) {
+                return false;
+            }
+            let mut bare = x.spec.clone();
+            bare.endpoints = y.spec.endpoints.clone();
+            bare == y.spec
+        }
+        (Resource::WorkloadEntry(x), Resource::WorkloadEntry(y)) => {
+            x.metadata.name == y.metadata.name && x.metadata.namespace == y.metadata.namespace
+        }
+        _ => false,
     }
 }
 
@@ -187,5 +282,70 @@ spec: {hosts: [backend], ports: [{number: 80, name: http}]}
         assert_eq!(snap.version, 2, "five writes, one push");
         assert_eq!(snap.services.len(), 5);
         assert!(snap.services.values().all(|s| s.vip.octets()[0] == 240));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_only_change_is_told_apart_from_other_changes() {
+        use crate::translate::test_support::snapshot;
+        let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec:
+  hosts: [a]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b}
+spec: {hosts: [b], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: b}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b-1}
+spec: {address: 10.0.1.1, labels: {app: b}}
+";
+        let prev = snapshot(yaml).await;
+        let changes = |text: &str| {
+            let prev = prev.clone();
+            let text = text.to_string();
+            async move {
+                let next = snapshot(&text).await;
+                endpoint_changes(&prev, &next.config, &next.services)
+            }
+        };
+        let inline = changes(&yaml.replace("10.0.0.1", "10.0.0.2"))
+            .await
+            .unwrap();
+        assert_eq!(inline.since, 1);
+        assert_eq!(
+            inline.hosts.into_iter().collect::<Vec<_>>(),
+            ["a.default.svc.cluster.local"]
+        );
+        let entry = changes(&yaml.replace("10.0.1.1", "10.0.1.2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            entry.hosts.into_iter().collect::<Vec<_>>(),
+            ["b.default.svc.cluster.local"]
+        );
+        let same = changes(yaml).await.unwrap();
+        assert!(same.hosts.is_empty());
+        assert!(
+            changes(&yaml.replace("name: http}]\n  endpoints", "name: http-x}]\n  endpoints"))
+                .await
+                .is_none(),
+            "a port change is not endpoint-only"
+        );
+        let vs = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a}
+spec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}
+";
+        assert!(
+            changes(&format!("{yaml}{vs}")).await.is_none(),
+            "new config"
+        );
     }
 }

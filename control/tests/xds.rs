@@ -440,3 +440,122 @@ async fn delta_names_removed_clusters_after_a_delete() {
     assert_eq!(update.removed_resources, vec![other.to_string()]);
     assert!(update.resources.is_empty());
 }
+
+#[tokio::test]
+async fn delta_endpoint_change_sends_only_the_changed_load_assignment() {
+    let (_dir, meshd) = start().await;
+    call(
+        meshd.http_addr,
+        "POST",
+        "/apis/v1/apply",
+        &CONFIG.replace("backend", "other"),
+    )
+    .await;
+    wait_services(meshd.http_addr, 2).await;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
+            .await
+            .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let a = "outbound|80||backend.default.svc.cluster.local";
+    let b = "outbound|80||other.default.svc.cluster.local";
+    tx.send(DeltaDiscoveryRequest {
+        node: node("delta-eds"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![a.into(), b.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("response in time")
+            .unwrap()
+            .unwrap();
+        tx.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        r
+    };
+    let (mut cds, mut eds) = (false, 0);
+    while !(cds && eds == 2) {
+        let r = next().await;
+        cds |= r.type_url == CDS;
+        if r.type_url == EDS {
+            eds += r.resources.len();
+        }
+    }
+    // backend-1 moves to another port: only backend's endpoints change.
+    let moved = CONFIG.replace("9001", "9002");
+    let (status, body) = call(meshd.http_addr, "POST", "/apis/v1/apply", &moved).await;
+    assert_eq!(status, 200, "{body}");
+    let update = next().await;
+    assert_eq!(update.type_url, EDS, "clusters are unchanged: no CDS push");
+    let names: Vec<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec![a]);
+    assert!(update.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn sotw_endpoint_change_pushes_only_endpoints() {
+    let (_dir, meshd) = start().await;
+    let mut client = Client::connect(meshd.xds_addr).await;
+    let a = "outbound|80||backend.default.svc.cluster.local";
+    client
+        .send(DiscoveryRequest {
+            node: node("sotw-eds"),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let cds = client.recv().await;
+    client
+        .send(DiscoveryRequest {
+            type_url: CDS.into(),
+            version_info: cds.version_info.clone(),
+            response_nonce: cds.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    client
+        .send(DiscoveryRequest {
+            type_url: EDS.into(),
+            resource_names: vec![a.into()],
+            ..Default::default()
+        })
+        .await;
+    let eds = client.recv().await;
+    assert_eq!(eds.type_url, EDS);
+    client
+        .send(DiscoveryRequest {
+            type_url: EDS.into(),
+            version_info: eds.version_info.clone(),
+            resource_names: vec![a.into()],
+            response_nonce: eds.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    let moved = CONFIG.replace("9001", "9002");
+    let (status, body) = call(meshd.http_addr, "POST", "/apis/v1/apply", &moved).await;
+    assert_eq!(status, 200, "{body}");
+    let update = client.recv().await;
+    assert_eq!(update.type_url, EDS, "clusters are unchanged: no CDS push");
+    assert_ne!(update.version_info, eds.version_info);
+    assert_eq!(update.resources.len(), 1);
+}

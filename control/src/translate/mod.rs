@@ -248,6 +248,30 @@ pub fn generate(snapshot: &Snapshot, proxy: &ProxyNode) -> ProxyConfig {
     out
 }
 
+/// The resources of `proxy` that read services' endpoints, for the
+/// services of `hosts` only: their clusters (auto mTLS and the SANs read the
+/// endpoints) and their load assignments. With everything but those
+/// endpoints unchanged, these replace the same-named resources of an earlier
+/// [`generate`] and the result equals a fresh one: listeners and routes must
+/// not read endpoints (a test checks the equality).
+pub fn endpoint_resources(
+    snapshot: &Snapshot,
+    proxy: &ProxyNode,
+    hosts: &std::collections::BTreeSet<String>,
+) -> (BTreeMap<String, Generated>, BTreeMap<String, Generated>) {
+    let mut ctx = Context::new(snapshot, proxy);
+    ctx.services.retain(|s| hosts.contains(&s.host));
+    let (mut clusters, eds) = clusters::clusters(&ctx);
+    let service_clusters: std::collections::HashSet<&str> =
+        eds.iter().map(|c| c.name.as_str()).collect();
+    clusters.retain(|name, _| service_clusters.contains(name.as_str()));
+    let mut assignments = endpoints::load_assignments(&ctx, &eds);
+    for (name, g) in clusters.iter_mut().chain(assignments.iter_mut()) {
+        g.name_id = name_id(name);
+    }
+    (clusters, assignments)
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::sync::Arc;
@@ -278,6 +302,7 @@ pub(crate) mod test_support {
             services,
             errors: vec![],
             resource_version: 1,
+            endpoint_changes: None,
         })
     }
 

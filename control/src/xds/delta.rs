@@ -12,9 +12,10 @@ use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::cache::{ClassConfig, TypeSet};
 use super::{XdsState, known_type, wildcard_by_default};
 use crate::node::ProxyNode;
-use crate::translate::{self, PUSH_ORDER, ProxyConfig, short_type};
+use crate::translate::{self, PUSH_ORDER, short_type};
 
 /// Most resources in one delta response.
 const DELTA_BATCH: usize = 100;
@@ -27,15 +28,35 @@ struct TypeState {
     wildcard: bool,
     /// Ids ([`translate::name_id`]) of the names subscribed explicitly.
     names: HashSet<u64>,
-    /// What the client has: name id → version id.
+    /// What the client has, when that is exactly the wanted part of a set
+    /// meshd sent (the usual case: no per-stream copy of it).
+    synced: Option<Arc<TypeSet>>,
+    /// Otherwise (a new stream, or one that stated its
+    /// `initial_resource_versions`): name id → version id.
     client: HashMap<u64, u64>,
-    /// Names of resources the client said it has that meshd may not know
-    /// (from `initial_resource_versions`), to name them when removed.
+    /// Names of the resources in `client`, to name them when removed.
     client_names: HashMap<u64, String>,
-    /// The config of the last response, to name removed resources.
-    prev: Option<Arc<ProxyConfig>>,
     sent_nonce: Option<String>,
     sent_version: Option<String>,
+}
+
+impl TypeState {
+    fn wants(&self, id: u64) -> bool {
+        self.wildcard || self.names.contains(&id)
+    }
+
+    /// Turns `synced` into the explicit `client` map (before a change of
+    /// subscription that `synced` cannot describe).
+    fn materialize(&mut self) {
+        if let Some(set) = self.synced.take() {
+            for (name, g) in &set.resources {
+                if self.wants(g.name_id) {
+                    self.client.insert(g.name_id, g.version_id);
+                    self.client_names.insert(g.name_id, name.clone());
+                }
+            }
+        }
+    }
 }
 
 struct Conn {
@@ -101,7 +122,7 @@ pub async fn run(
                     config = state.config_for(&snapshot, &proxy).await;
                     let mut failed = false;
                     for ty in PUSH_ORDER {
-                        if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, &[]).await.is_err() {
+                        if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, &[], &[]).await.is_err() {
                             failed = true;
                             break;
                         }
@@ -122,11 +143,7 @@ pub async fn run(
 }
 
 impl Conn {
-    async fn handle(
-        &mut self,
-        req: DeltaDiscoveryRequest,
-        config: &Arc<ProxyConfig>,
-    ) -> Result<(), ()> {
+    async fn handle(&mut self, req: DeltaDiscoveryRequest, config: &ClassConfig) -> Result<(), ()> {
         let Some(ty) = known_type(&req.type_url) else {
             tracing::warn!(conn = self.conn, type_url = %req.type_url, "delta request for a type meshd does not serve; ignored");
             return Ok(());
@@ -163,11 +180,20 @@ impl Conn {
             self.slot.release();
         }
         let t = self.types.entry(ty).or_default();
+        let star = |v: &[String]| v.iter().any(|n| n == "*");
+        if star(&req.resource_names_subscribe) || star(&req.resource_names_unsubscribe) {
+            t.materialize();
+        }
+        // Names newly subscribed: the client has none of them.
+        let mut fresh = Vec::new();
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 t.wildcard = true;
             } else {
-                t.names.insert(translate::name_id(n));
+                let id = translate::name_id(n);
+                if t.names.insert(id) && !t.wildcard {
+                    fresh.push(n.clone());
+                }
             }
             changed = true;
         }
@@ -183,103 +209,116 @@ impl Conn {
             changed = true;
         }
         if changed {
-            return self.send(config, ty, &req.resource_names_subscribe).await;
+            return self
+                .send(config, ty, &req.resource_names_subscribe, &fresh)
+                .await;
         }
         Ok(())
     }
 
+    /// Sends what the client lacks of `ty`: `announce` are the names the
+    /// request subscribed (a missing one is named removed), `fresh` those the
+    /// client had not subscribed before (so it has none of them).
     async fn send(
         &mut self,
-        config: &Arc<ProxyConfig>,
+        config: &ClassConfig,
         ty: &'static str,
         announce: &[String],
+        fresh: &[String],
     ) -> Result<(), ()> {
+        let Some(set) = config.get(ty).cloned() else {
+            return Ok(());
+        };
         let t = self.types.entry(ty).or_default();
-        let empty = Default::default();
-        let all = config.get(ty).unwrap_or(&empty);
-        let wanted = |t: &TypeState, id: u64| t.wildcard || t.names.contains(&id);
-        let mut wanted_count = 0;
-        let mut matched = 0;
+        let all = &set.resources;
+        let fresh_ids: HashSet<u64> = fresh.iter().map(|n| translate::name_id(n)).collect();
         let mut resources = Vec::new();
-        for (name, g) in all {
-            if !wanted(t, g.name_id) {
-                continue;
-            }
-            wanted_count += 1;
-            let known = t.client.get(&g.name_id);
-            if known.is_some() {
-                matched += 1;
-            }
-            if known != Some(&g.version_id) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    version: g.version.clone(),
-                    resource: Some(g.any.clone()),
-                    ..Default::default()
-                });
+        let mut removed: Vec<String> = Vec::new();
+        let push = |resources: &mut Vec<Resource>, name: &String, g: &translate::Generated| {
+            resources.push(Resource {
+                name: name.clone(),
+                version: g.version.clone(),
+                resource: Some(g.any.clone()),
+                ..Default::default()
+            })
+        };
+        match t.synced.clone() {
+            Some(old) if Arc::ptr_eq(&old, &set) => {}
+            Some(old) => match set.changes_since(&old) {
+                // Derived from what the client has: only the names the class
+                // diff lists can differ.
+                Some(changed) => {
+                    for name in changed {
+                        let id = translate::name_id(name);
+                        if !t.wants(id) || fresh_ids.contains(&id) {
+                            continue;
+                        }
+                        match all.get(name) {
+                            Some(g) => push(&mut resources, name, g),
+                            None => removed.push(name.clone()),
+                        }
+                    }
+                }
+                None => {
+                    for (name, g) in all {
+                        if t.wants(g.name_id)
+                            && !fresh_ids.contains(&g.name_id)
+                            && old.resources.get(name).map(|o| o.version_id) != Some(g.version_id)
+                        {
+                            push(&mut resources, name, g);
+                        }
+                    }
+                    for (name, g) in &old.resources {
+                        if t.wants(g.name_id) && !all.contains_key(name) {
+                            removed.push(name.clone());
+                        }
+                    }
+                }
+            },
+            None => {
+                let mut present = HashSet::new();
+                for (name, g) in all {
+                    if !t.wants(g.name_id) {
+                        continue;
+                    }
+                    present.insert(g.name_id);
+                    if !fresh_ids.contains(&g.name_id)
+                        && t.client.get(&g.name_id) != Some(&g.version_id)
+                    {
+                        push(&mut resources, name, g);
+                    }
+                }
+                for id in t.client.keys() {
+                    if !present.contains(id)
+                        && let Some(name) = t.client_names.get(id)
+                    {
+                        removed.push(name.clone());
+                    }
+                }
             }
         }
-        // Every name the client has matched a wanted one: nothing is gone
-        // (the common case; no set needs building).
-        let gone: HashSet<u64> = if matched == t.client.len() {
-            HashSet::new()
-        } else {
-            let present: HashSet<u64> = all
-                .values()
-                .filter(|g| wanted(t, g.name_id))
-                .map(|g| g.name_id)
-                .collect();
-            t.client
-                .keys()
-                .filter(|id| !present.contains(*id))
-                .copied()
-                .collect()
-        };
-        let mut removed: Vec<String> = Vec::new();
-        if !gone.is_empty() {
-            let prev = t.prev.as_ref().and_then(|p| p.get(ty));
-            for (name, g) in prev.into_iter().flatten() {
-                if gone.contains(&g.name_id) {
-                    removed.push(name.clone());
-                }
-            }
-            for id in &gone {
-                if let Some(name) = t.client_names.get(id)
-                    && !removed.contains(name)
-                {
-                    removed.push(name.clone());
-                }
+        for name in fresh {
+            if let Some(g) = all.get(name) {
+                push(&mut resources, name, g);
             }
         }
         // An explicit subscription to a missing resource is answered by
         // naming it removed, so the client stops waiting for it.
         for n in announce {
-            let id = translate::name_id(n);
-            if n != "*"
-                && !all.contains_key(n)
-                && !t.client.contains_key(&id)
-                && !removed.contains(n)
-            {
+            if n != "*" && !all.contains_key(n) && !removed.contains(n) {
                 removed.push(n.clone());
             }
         }
+        t.synced = Some(set.clone());
+        t.client.clear();
+        t.client_names.clear();
         if resources.is_empty() && removed.is_empty() && t.sent_nonce.is_some() {
             return Ok(());
         }
+        let wanted_count = if t.wildcard { all.len() } else { t.names.len() };
         self.slot.acquire().await;
         t.pending = true;
-        for r in &resources {
-            t.client.insert(
-                translate::name_id(&r.name),
-                u64::from_str_radix(&r.version, 16).unwrap_or(u64::MAX),
-            );
-        }
-        for id in gone {
-            t.client.remove(&id);
-            t.client_names.remove(&id);
-        }
-        t.prev = Some(config.clone());
-        let version = translate::set_version_of(all.iter().filter(|(_, g)| wanted(t, g.name_id)));
+        let version = set.version().to_string();
         // Large updates go out in batches: smaller messages interleave
         // better on a shared connection, and the per-stream encode buffer
         // (which keeps its largest size) stays small.

@@ -2,6 +2,7 @@
 //! ([`sotw`]) and incremental ([`delta`]), over tonic. Each stream is its own
 //! task: a slow, silent or vanished client only stalls itself.
 
+pub mod cache;
 pub mod delta;
 pub mod sotw;
 pub mod status;
@@ -26,14 +27,17 @@ use crate::metrics::Metrics;
 use crate::node::ProxyNode;
 use crate::registry::Workloads;
 use crate::snapshot::{Snapshot, SnapshotBuilder};
-use crate::translate::ProxyConfig;
+use cache::ClassConfig;
 use status::SyncStatus;
 
-/// Generated configs of the current snapshot, by proxy class.
-type ConfigCache = (
-    u64,
-    HashMap<String, Arc<tokio::sync::OnceCell<Arc<ProxyConfig>>>>,
-);
+/// The latest config of one proxy class; streams of the class wait on the
+/// lock while one of them generates it.
+#[derive(Debug, Default)]
+struct ClassSlot {
+    latest: tokio::sync::Mutex<Option<Arc<ClassConfig>>>,
+    /// The newest snapshot version asked for (to drop idle classes).
+    used: AtomicU64,
+}
 
 /// How many responses may wait for a slow client before its stream task
 /// blocks (only that task).
@@ -111,7 +115,7 @@ pub struct XdsState {
     pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     next_nonce: AtomicU64,
-    cache: Mutex<ConfigCache>,
+    classes: Mutex<HashMap<String, Arc<ClassSlot>>>,
     /// Push slots (see [`PushSlot`]).
     pub push_slots: Arc<Semaphore>,
 }
@@ -131,7 +135,7 @@ impl XdsState {
             metrics,
             next_conn: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
-            cache: Mutex::new((0, HashMap::new())),
+            classes: Mutex::new(HashMap::new()),
             push_slots: Arc::new(Semaphore::new(
                 std::env::var("MESHD_PUSH_CONCURRENCY")
                     .ok()
@@ -145,23 +149,59 @@ impl XdsState {
     /// The config of `proxy` for `snapshot`. Proxies whose config depends on
     /// the same identity fields (a "class") share one generation per
     /// snapshot, so a push to a thousand identical sidecars costs one
-    /// translation, not a thousand.
-    pub async fn config_for(&self, snapshot: &Snapshot, proxy: &ProxyNode) -> Arc<ProxyConfig> {
+    /// translation, not a thousand. A snapshot that changes only endpoints
+    /// regenerates only the affected clusters and load assignments.
+    pub async fn config_for(&self, snapshot: &Snapshot, proxy: &ProxyNode) -> Arc<ClassConfig> {
         let key = class_key(proxy);
-        let cell = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.0 != snapshot.version {
-                if cache.0 > snapshot.version {
-                    // A stream still on an older snapshot: don't evict newer work.
-                    return Arc::new(crate::translate::generate(snapshot, proxy));
-                }
-                *cache = (snapshot.version, HashMap::new());
+        let slot = {
+            let mut classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
+            if !classes.contains_key(&key) {
+                // Forget classes no stream asked about for a while.
+                classes.retain(|_, s| {
+                    Arc::strong_count(s) > 1
+                        || s.used.load(Ordering::Relaxed) + 2 >= snapshot.version
+                });
             }
-            cache.1.entry(key).or_default().clone()
+            classes.entry(key).or_default().clone()
         };
-        cell.get_or_init(|| async { Arc::new(crate::translate::generate(snapshot, proxy)) })
-            .await
-            .clone()
+        slot.used.fetch_max(snapshot.version, Ordering::Relaxed);
+        let mut latest = slot.latest.lock().await;
+        let prev = latest.clone();
+        if let Some(c) = &prev {
+            if c.snapshot_version == snapshot.version {
+                return c.clone();
+            }
+            if c.snapshot_version > snapshot.version {
+                // A stream still on an older snapshot: don't replace newer work.
+                let config = crate::translate::generate(snapshot, proxy);
+                return Arc::new(ClassConfig::full(snapshot.version, config, None));
+            }
+        }
+        let started = Instant::now();
+        let incremental = match (&prev, &snapshot.endpoint_changes) {
+            (Some(c), Some(ch)) if c.snapshot_version >= ch.since => Some((c, ch)),
+            _ => None,
+        };
+        let next = match incremental {
+            Some((c, ch)) => {
+                let (clusters, assignments) =
+                    crate::translate::endpoint_resources(snapshot, proxy, &ch.hosts);
+                ClassConfig::with_endpoints(c, snapshot.version, clusters, assignments)
+            }
+            None => {
+                let config = crate::translate::generate(snapshot, proxy);
+                ClassConfig::full(snapshot.version, config, prev.as_deref())
+            }
+        };
+        tracing::debug!(
+            snapshot = snapshot.version,
+            incremental = incremental.is_some(),
+            elapsed = ?started.elapsed(),
+            "proxy class config generated"
+        );
+        let next = Arc::new(next);
+        *latest = Some(next.clone());
+        next
     }
 
     /// A fresh nonce.

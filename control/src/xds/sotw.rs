@@ -11,9 +11,10 @@ use mesh_proto::envoy::pb::envoy::service::discovery::v3::{DiscoveryRequest, Dis
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::cache::ClassConfig;
 use super::{XdsState, known_type, wildcard_by_default};
 use crate::node::ProxyNode;
-use crate::translate::{self, Generated, PUSH_ORDER, ProxyConfig, short_type};
+use crate::translate::{self, Generated, PUSH_ORDER, short_type};
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -25,6 +26,9 @@ struct TypeState {
     names: HashSet<u64>,
     sent_version: Option<String>,
     sent_nonce: Option<String>,
+    /// Id of the set last sent, while the selection is unchanged: a push of
+    /// the same set is skipped without hashing it.
+    sent_set: Option<u64>,
 }
 
 struct Conn {
@@ -119,7 +123,7 @@ impl Conn {
         }
     }
 
-    async fn push_all(&mut self, config: &ProxyConfig) -> Result<(), ()> {
+    async fn push_all(&mut self, config: &ClassConfig) -> Result<(), ()> {
         for ty in PUSH_ORDER {
             if self.types.get(ty).is_some_and(|t| t.subscribed) {
                 self.send(config, ty, false).await?;
@@ -128,7 +132,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn handle(&mut self, req: DiscoveryRequest, config: &ProxyConfig) -> Result<(), ()> {
+    async fn handle(&mut self, req: DiscoveryRequest, config: &ClassConfig) -> Result<(), ()> {
         let Some(ty) = known_type(&req.type_url) else {
             tracing::warn!(conn = self.conn, type_url = %req.type_url, "request for a type meshd does not serve; ignored");
             return Ok(());
@@ -153,12 +157,18 @@ impl Conn {
                     .status
                     .nacked(self.conn, ty, &version, &err.message);
                 self.state.metrics.rejected(short_type(ty));
+                if t.names != names {
+                    t.sent_set = None;
+                }
                 t.names = names;
                 self.settle();
                 return Ok(());
             }
             self.state.status.acked(self.conn, ty, &req.version_info);
             let changed = !t.wildcard && t.names != names;
+            if changed {
+                t.sent_set = None;
+            }
             t.names = names;
             self.settle();
             if changed {
@@ -170,6 +180,7 @@ impl Conn {
         t.subscribed = true;
         t.wildcard = (names.is_empty() && wildcard_by_default(ty)) || star;
         t.names = names;
+        t.sent_set = None;
         if !req.version_info.is_empty() {
             let current = translate::set_version_of(selected(config, ty, t));
             if current == req.version_info {
@@ -183,13 +194,18 @@ impl Conn {
 
     async fn send(
         &mut self,
-        config: &ProxyConfig,
+        config: &ClassConfig,
         ty: &'static str,
         force: bool,
     ) -> Result<(), ()> {
         let t = self.types.entry(ty).or_default();
+        let set_id = config.get(ty).map(|s| s.id);
+        if !force && set_id.is_some() && t.sent_set == set_id {
+            return Ok(());
+        }
         // Hash first, copy only if something is to be sent.
         let version = translate::set_version_of(selected(config, ty, t));
+        t.sent_set = set_id;
         if !force && t.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
@@ -224,11 +240,11 @@ impl Conn {
 
 /// The resources of `ty` a subscription covers, in name order.
 fn selected<'a>(
-    config: &'a ProxyConfig,
+    config: &'a ClassConfig,
     ty: &str,
     t: &'a TypeState,
 ) -> Box<dyn Iterator<Item = (&'a String, &'a Generated)> + 'a> {
-    let Some(all) = config.get(ty) else {
+    let Some(all) = config.get(ty).map(|s| &s.resources) else {
         return Box::new(std::iter::empty());
     };
     if t.wildcard {
