@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod bootstrap;
 pub mod completion;
+pub mod demo;
 pub mod inject;
 pub mod install;
 pub mod manifest;
@@ -48,6 +49,8 @@ pub enum Command {
     Completion(completion::Args),
     /// Print meshctl's version and meshd's.
     Version(version::Args),
+    /// Run the whole mesh and a demo app on this machine (netns as root).
+    Demo(demo::Args),
 }
 
 /// Runs one parsed command line; returns the process exit code.
@@ -64,5 +67,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Install(a) => install::run(a),
         Command::Completion(a) => completion::run(a),
         Command::Version(a) => version::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -4,6 +4,7 @@
 //! binaries; `netns` builds pods as network namespaces for the e2e suite.
 
 pub mod bins;
+pub mod bookshop;
 pub mod demo;
 pub mod load;
 pub mod mesh;

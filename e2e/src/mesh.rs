@@ -1,44 +1,139 @@
-//! A whole local mesh in network namespaces, for the e2e scenarios: meshd
-//! (with its embedded CA) on the node, and workloads as pods, each with
-//! `mesh-proxy init` rules, a sidecar as uid 1337 and the demo app.
+//! A whole local mesh in network namespaces: meshd (with its embedded CA) on
+//! the node, and workloads as pods, each with `mesh-proxy init` rules, a
+//! sidecar as uid 1337 and the demo app.
 //!
-//! This is test support: setup failures panic with what went wrong and the
-//! processes' logs, which is what a failing test should show.
+//! [`NetnsMesh`] is fallible (every step returns a [`MeshError`] that says
+//! what to do next): `meshctl demo` runs on it. [`LocalMesh`] is the e2e
+//! tests' wrapper: the same steps, panicking with the processes' logs, which
+//! is what a failing test should show.
 
+use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::bins::workspace_bin;
-use crate::load::LoadReport;
-use crate::netns::{NODE_IP, Node, Pod};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
-fn bin(name: &str) -> String {
-    workspace_bin(name).to_string_lossy().into_owned()
+use crate::bins::{BinNotFound, MESH_BINS, check_all, find_in, search_dirs};
+use crate::load::LoadReport;
+use crate::netns::{HarnessError, NODE_IP, Node, Pod, in_netns};
+
+/// Why the local mesh could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// A binary is missing (the message says how to build it).
+    #[error(transparent)]
+    Bin(#[from] BinNotFound),
+    /// Creating namespaces or starting a process failed.
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    /// Creating the work directory or a config file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("{what} within {secs}s: {detail}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long it was awaited.
+        secs: u64,
+        /// The last thing seen.
+        detail: String,
+    },
+    /// A tool answered something unexpected.
+    #[error("{what}: {detail}")]
+    Unexpected {
+        /// What was being done.
+        what: String,
+        /// What came back.
+        detail: String,
+    },
 }
 
-fn start_meshd(node: &mut Node, dir: &Path, label: &str) -> u32 {
-    let data = dir.join("meshd");
-    let ns = node.netns().to_string();
-    node.spawn(
-        label,
-        &ns,
-        None,
-        &[
-            &bin("meshd"),
-            "--data-dir",
-            &data.to_string_lossy(),
-            "--xds-addr",
-            &format!("{NODE_IP}:15010"),
-            "--http-addr",
-            &format!("{NODE_IP}:15014"),
-            "--ca-addr",
-            &format!("{NODE_IP}:15012"),
-            "--debounce",
-            "20ms",
-        ],
-        &[],
-    )
-    .expect("start meshd")
+/// GETs `url` (plain HTTP) from inside network namespace `netns` (the
+/// calling thread's own namespace when `None`) and returns status and body.
+pub fn http_get(netns: Option<&str>, url: &str) -> Result<(u16, String), MeshError> {
+    http_call(netns, "GET", url, String::new())
+}
+
+/// Sends one plain HTTP request from inside `netns` (or from here).
+pub fn http_call(
+    netns: Option<&str>,
+    method: &str,
+    url: &str,
+    body: String,
+) -> Result<(u16, String), MeshError> {
+    let unexpected = |detail: String| MeshError::Unexpected {
+        what: format!("{method} {url}"),
+        detail,
+    };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(hyper::header::CONTENT_TYPE, "application/yaml")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| unexpected(e.to_string()))?;
+    let fetch = move || async move {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let call = async {
+            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap_or_else(|_| Err("timed out after 5s".into()))
+    };
+    let result = match netns {
+        Some(ns) => in_netns(ns, fetch)?,
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unexpected(e.to_string()))?
+            .block_on(fetch()),
+    };
+    result.map_err(unexpected)
+}
+
+/// Polls `check` every `every` until it returns `Some`, or fails after
+/// `timeout` with the last detail it gave.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, MeshError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(detail) if Instant::now() >= deadline => {
+                return Err(MeshError::Timeout {
+                    what: what.to_string(),
+                    secs: timeout.as_secs(),
+                    detail,
+                });
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
 }
 
 /// A workload to run in its own pod.
@@ -57,85 +152,184 @@ pub struct Workload<'a> {
     pub svid_ttl: Option<u64>,
 }
 
-/// The node, its CA and meshd.
+/// Paths of the binaries the mesh runs, resolved once at start.
+#[derive(Debug, Clone)]
+struct Bins {
+    dirs: Vec<PathBuf>,
+}
+
+impl Bins {
+    fn path(&self, name: &str) -> Result<String, MeshError> {
+        Ok(find_in(name, &self.dirs)?.to_string_lossy().into_owned())
+    }
+}
+
+/// The work directory: a temp dir removed on drop, or the user's.
 #[derive(Debug)]
-pub struct LocalMesh {
+enum WorkDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        match self {
+            WorkDir::Temp(t) => t.path(),
+            WorkDir::Kept(p) => p,
+        }
+    }
+}
+
+/// The node, meshd and its CA, and the pods added to it: fallible.
+/// Dropping it kills every process it started (by PID) and deletes its
+/// namespaces; a temp work dir goes too.
+#[derive(Debug)]
+pub struct NetnsMesh {
     /// The namespaces and processes.
     pub node: Node,
     /// meshd's management API, reachable from the node namespace.
     pub api: String,
-    dir: tempfile::TempDir,
+    dir: WorkDir,
     ca_dir: PathBuf,
     meshd_pid: u32,
+    bins: Bins,
 }
 
-impl LocalMesh {
-    /// Starts the CA and meshd in a fresh node namespace.
-    pub fn start(test: &str) -> LocalMesh {
-        let dir = tempfile::tempdir().expect("temp dir");
+fn start_meshd(node: &mut Node, bins: &Bins, dir: &Path, label: &str) -> Result<u32, MeshError> {
+    let data = dir.join("meshd");
+    let ns = node.netns().to_string();
+    Ok(node.spawn(
+        label,
+        &ns,
+        None,
+        &[
+            &bins.path("meshd")?,
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--xds-addr",
+            &format!("{NODE_IP}:15010"),
+            "--http-addr",
+            &format!("{NODE_IP}:15014"),
+            "--ca-addr",
+            &format!("{NODE_IP}:15012"),
+            "--debounce",
+            "20ms",
+        ],
+        &[],
+    )?)
+}
+
+impl NetnsMesh {
+    /// Starts meshd (with its CA) in a fresh node namespace. `work_dir`
+    /// keeps meshd's store, CA and config there; `None` uses a temp dir
+    /// removed on drop. Every binary is located first, so a missing one is
+    /// reported before anything is created.
+    pub fn start(label: &str, work_dir: Option<&Path>) -> Result<NetnsMesh, MeshError> {
+        let bins = Bins {
+            dirs: search_dirs(),
+        };
+        check_all(&MESH_BINS, &bins.dirs)?;
+        let dir = match work_dir {
+            Some(p) => {
+                std::fs::create_dir_all(p).map_err(|source| MeshError::Io {
+                    what: format!("creating {}", p.display()),
+                    source,
+                })?;
+                WorkDir::Kept(p.to_path_buf())
+            }
+            None => WorkDir::Temp(tempfile::tempdir().map_err(|source| MeshError::Io {
+                what: "creating a temp dir".into(),
+                source,
+            })?),
+        };
         // meshd's embedded CA keeps its root and join-token key here.
         let ca_dir = dir.path().join("meshd").join("ca");
-        let mut node = Node::create(test).expect("node namespace");
-        let meshd_pid = start_meshd(&mut node, dir.path(), "meshd");
+        let mut node = Node::create(label)?;
+        let meshd_pid = start_meshd(&mut node, &bins, dir.path(), "meshd")?;
         // Tokens are made from the CA's key file, so wait until meshd has
         // created it (and the root the sidecars trust).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(ca_dir.join("join-token.key").exists() && ca_dir.join("root-cert.pem").exists()) {
-            assert!(
-                Instant::now() < deadline,
-                "meshd never created its CA in {}\n{}",
-                ca_dir.display(),
-                node.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        LocalMesh {
+        poll(
+            "meshd creating its CA",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                if ca_dir.join("join-token.key").exists() && ca_dir.join("root-cert.pem").exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no CA in {}\n{}",
+                        ca_dir.display(),
+                        node.log_tail_of("meshd", 20)
+                    ))
+                }
+            },
+        )?;
+        Ok(NetnsMesh {
             node,
             api: format!("http://{NODE_IP}:15014"),
             dir,
             ca_dir,
             meshd_pid,
-        }
+            bins,
+        })
+    }
+
+    /// The work directory (meshd's store and CA under `meshd/`).
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// meshd's PID.
+    pub fn meshd_pid(&self) -> u32 {
+        self.meshd_pid
+    }
+
+    /// Path of one of the mesh's binaries.
+    pub fn bin(&self, name: &str) -> Result<String, MeshError> {
+        self.bins.path(name)
     }
 
     /// Kills meshd (by PID), waits `down`, and starts it again on the same
     /// SQLite store: the control plane going away must not stop traffic.
-    pub fn restart_meshd(&mut self, down: Duration) {
+    pub fn restart_meshd(&mut self, down: Duration) -> Result<(), MeshError> {
         self.node.kill(self.meshd_pid);
         std::thread::sleep(down);
-        self.meshd_pid = start_meshd(&mut self.node, self.dir.path(), "meshd-restarted");
+        self.meshd_pid = start_meshd(
+            &mut self.node,
+            &self.bins,
+            self.dir.path(),
+            "meshd-restarted",
+        )?;
+        Ok(())
     }
 
     /// Applies YAML through `meshctl apply`, waiting for meshd to be up.
-    pub fn apply(&self, name: &str, yaml: &str) {
+    pub fn apply(&self, name: &str, yaml: &str) -> Result<(), MeshError> {
         let path = self.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).expect("write config");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.node.exec(
-                self.node.netns(),
-                &[
-                    &bin("meshctl"),
-                    "apply",
-                    "--meshd",
-                    &self.api,
-                    "-f",
-                    &path.to_string_lossy(),
-                ],
-            ) {
-                Ok(_) => return,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "meshctl apply {name}: {e}\n{}",
-                    self.node.log_tail(20)
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::fs::write(&path, yaml).map_err(|source| MeshError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+        let meshctl = self.bins.path("meshctl")?;
+        let file = path.to_string_lossy().into_owned();
+        poll(
+            &format!("meshctl apply {name}"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                self.node
+                    .exec(
+                        self.node.netns(),
+                        &[&meshctl, "apply", "--meshd", &self.api, "-f", &file],
+                    )
+                    .map(drop)
+                    .map_err(|e| format!("{e}\n{}", self.node.log_tail_of("meshd", 20)))
+            },
+        )
     }
 
-    fn token(&self, sa: &str) -> String {
-        let out = std::process::Command::new(bin("mesh-ca"))
+    fn token(&self, sa: &str) -> Result<String, MeshError> {
+        let out = std::process::Command::new(self.bins.path("mesh-ca")?)
             .args([
                 "token",
                 "create",
@@ -148,44 +342,66 @@ impl LocalMesh {
                 &format!("spiffe://cluster.local/ns/default/sa/{sa}"),
             ])
             .output()
-            .expect("run mesh-ca token create");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .map_err(|source| MeshError::Io {
+                what: "running mesh-ca token create".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(MeshError::Unexpected {
+                what: "mesh-ca token create".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Adds a pod running the workload: its app (when it serves), the
     /// interception rules and its sidecar.
-    pub fn workload(&mut self, w: Workload<'_>) -> Pod {
-        let pod = self.node.add_pod(w.name).expect("pod");
+    pub fn workload(&mut self, w: Workload<'_>) -> Result<Pod, MeshError> {
+        let pod = self.node.add_pod(w.name)?;
         if let Some(service) = w.service {
-            self.node
-                .spawn(
-                    &format!("{}-app", w.name),
-                    &pod.netns.clone(),
-                    None,
-                    &[
-                        &bin("mesh-demo-app"),
-                        "--service",
-                        service,
-                        "--service-version",
-                        w.version,
-                        "--listen",
-                        "0.0.0.0:9080",
-                    ],
-                    &[],
-                )
-                .expect("start the app");
+            self.start_app(&pod, w.name, service, w.version, &[])?;
         }
-        self.node
-            .exec(&pod.netns, &[&bin("mesh-proxy"), "init"])
-            .expect("mesh-proxy init");
+        self.sidecar(&pod, w)?;
+        Ok(pod)
+    }
+
+    /// Starts the demo app in `pod` on port 9080, serving `service` at
+    /// `version` and calling `upstreams` on every request.
+    pub fn start_app(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        service: &str,
+        version: &str,
+        upstreams: &[String],
+    ) -> Result<u32, MeshError> {
+        let mut argv = vec![
+            self.bins.path("mesh-demo-app")?,
+            "--service".into(),
+            service.into(),
+            "--service-version".into(),
+            version.into(),
+            "--listen".into(),
+            "0.0.0.0:9080".into(),
+        ];
+        for u in upstreams {
+            argv.extend(["--upstream".into(), u.clone()]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        Ok(self
+            .node
+            .spawn(&format!("{name}-app"), &pod.netns, None, &argv, &[])?)
+    }
+
+    /// Writes the interception rules in `pod` and starts its sidecar as
+    /// uid 1337, registered as `w`.
+    pub fn sidecar(&mut self, pod: &Pod, w: Workload<'_>) -> Result<u32, MeshError> {
+        let proxy = self.bins.path("mesh-proxy")?;
+        self.node.exec(&pod.netns, &[&proxy, "init"])?;
         let root = self.ca_dir.join("root-cert.pem");
         let mut argv = vec![
-            bin("mesh-proxy"),
+            proxy,
             "run".into(),
             "--xds-address".into(),
             format!("http://{NODE_IP}:15010"),
@@ -204,7 +420,7 @@ impl LocalMesh {
             "--ca-root-cert".into(),
             root.to_string_lossy().into_owned(),
             "--join-token".into(),
-            self.token(w.service_account),
+            self.token(w.service_account)?,
         ];
         if let Some(service) = w.service {
             argv.extend([
@@ -218,16 +434,230 @@ impl LocalMesh {
             argv.extend(["--svid-ttl".into(), ttl.to_string()]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.node
-            .spawn(
-                &format!("{}-proxy", w.name),
-                &pod.netns.clone(),
-                Some(1337),
-                &argv,
-                &[],
-            )
-            .expect("start the sidecar");
-        pod
+        Ok(self.node.spawn(
+            &format!("{}-proxy", w.name),
+            &pod.netns.clone(),
+            Some(1337),
+            &argv,
+            &[],
+        )?)
+    }
+
+    fn load_argv(
+        &self,
+        url: &str,
+        requests: u32,
+        rps: u32,
+        group_by: &str,
+    ) -> Result<Vec<String>, MeshError> {
+        Ok(vec![
+            self.bins.path("mesh-load")?,
+            url.into(),
+            "-n".into(),
+            requests.to_string(),
+            "--rps".into(),
+            rps.to_string(),
+            "--concurrency".into(),
+            "4".into(),
+            "--timeout-ms".into(),
+            "3000".into(),
+            "--group-by".into(),
+            group_by.into(),
+        ])
+    }
+
+    /// Runs `mesh-load` in `pod` and returns its report.
+    pub fn load(
+        &self,
+        pod: &Pod,
+        url: &str,
+        group_by: &str,
+        requests: u32,
+        rps: u32,
+        headers: &[&str],
+    ) -> Result<LoadReport, MeshError> {
+        let mut argv = self.load_argv(url, requests, rps, group_by)?;
+        for h in headers {
+            argv.extend(["-H".into(), (*h).into()]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.node.exec(&pod.netns, &argv)?;
+        serde_json::from_slice(&out.stdout).map_err(|e| MeshError::Unexpected {
+            what: "mesh-load's report".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Starts `mesh-load` in namespace `netns` in the background (a process
+    /// of its own); [`NetnsMesh::wait_load`] collects its report from the
+    /// returned log path.
+    pub fn start_load_in(
+        &mut self,
+        netns: &str,
+        label: &str,
+        url: &str,
+        requests: u32,
+        rps: u32,
+    ) -> Result<PathBuf, MeshError> {
+        let argv = self.load_argv(url, requests, rps, "/version")?;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.node.spawn(label, netns, None, &argv, &[])?;
+        Ok(self.node.log_dir().join(format!("{label}.log")))
+    }
+
+    /// Waits for a background load's report.
+    pub fn wait_load(&self, log: &Path, timeout: Duration) -> Result<LoadReport, MeshError> {
+        poll(
+            &format!("the load in {} finishing", log.display()),
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                text.lines()
+                    .find_map(|l| serde_json::from_str(l).ok())
+                    .ok_or(text)
+            },
+        )
+    }
+
+    /// The VIP meshd gave `host`, once its workloads registered, asked from
+    /// namespace `netns`.
+    pub fn vip_from(&self, netns: &str, host: &str) -> Result<Ipv4Addr, MeshError> {
+        let url = format!("{}/debug/registryz", self.api);
+        poll(
+            &format!("{host} registering"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let (_, body) = http_get(Some(netns), &url).map_err(|e| e.to_string())?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                v.pointer(&format!("/services/{host}/vip"))
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("not in the registry yet: {body}"))
+            },
+        )
+    }
+
+    /// meshd's `/debug/syncz` (what `meshctl proxy-status` shows).
+    pub fn syncz(&self) -> Result<serde_json::Value, MeshError> {
+        let url = format!("{}/debug/syncz", self.api);
+        let (status, body) = http_get(Some(self.node.netns()), &url)?;
+        let unexpected = |detail: String| MeshError::Unexpected {
+            what: format!("GET {url}"),
+            detail,
+        };
+        if status != 200 {
+            return Err(unexpected(format!("status {status}: {body}")));
+        }
+        serde_json::from_str(&body).map_err(|e| unexpected(e.to_string()))
+    }
+
+    /// `meshctl proxy-status -o json`, run in the node namespace.
+    pub fn proxy_status(&self) -> Result<serde_json::Value, MeshError> {
+        let out = self.node.exec(
+            self.node.netns(),
+            &[
+                &self.bins.path("meshctl")?,
+                "proxy-status",
+                "--meshd",
+                &self.api,
+                "-o",
+                "json",
+            ],
+        )?;
+        serde_json::from_slice(&out.stdout).map_err(|e| MeshError::Unexpected {
+            what: "meshctl proxy-status -o json".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Waits until `count` proxies are connected and SYNCED on every type.
+    pub fn wait_synced(&self, count: usize) -> Result<(), MeshError> {
+        poll(
+            &format!("{count} proxies SYNCED"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let status = self.syncz().map_err(|e| e.to_string())?;
+                if synced_count(&status["proxies"]) == (count, count) {
+                    Ok(())
+                } else {
+                    Err(status["proxies"].to_string())
+                }
+            },
+        )
+    }
+
+    /// Where the CA's files are.
+    pub fn ca_dir(&self) -> &Path {
+        &self.ca_dir
+    }
+}
+
+/// (connected, SYNCED on CDS, LDS, EDS and RDS) among `proxies` (a
+/// proxy-status JSON array).
+pub fn synced_count(proxies: &serde_json::Value) -> (usize, usize) {
+    let all = proxies.as_array().cloned().unwrap_or_default();
+    let synced = all
+        .iter()
+        .filter(|p| {
+            ["CDS", "LDS", "EDS", "RDS"]
+                .iter()
+                .all(|t| p["states"][*t] == "SYNCED")
+        })
+        .count();
+    (all.len(), synced)
+}
+
+/// The e2e tests' mesh: [`NetnsMesh`] whose steps panic with the logs.
+#[derive(Debug)]
+pub struct LocalMesh {
+    inner: NetnsMesh,
+}
+
+impl Deref for LocalMesh {
+    type Target = NetnsMesh;
+    fn deref(&self) -> &NetnsMesh {
+        &self.inner
+    }
+}
+
+impl DerefMut for LocalMesh {
+    fn deref_mut(&mut self) -> &mut NetnsMesh {
+        &mut self.inner
+    }
+}
+
+impl LocalMesh {
+    fn ok<T>(&self, what: &str, r: Result<T, MeshError>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.inner.node.log_tail(20)))
+    }
+
+    /// Starts the CA and meshd in a fresh node namespace.
+    pub fn start(test: &str) -> LocalMesh {
+        let inner = NetnsMesh::start(test, None).unwrap_or_else(|e| panic!("start: {e}"));
+        LocalMesh { inner }
+    }
+
+    /// Kills meshd (by PID), waits `down`, and starts it again on the same
+    /// SQLite store.
+    pub fn restart_meshd(&mut self, down: Duration) {
+        let r = self.inner.restart_meshd(down);
+        self.ok("restart meshd", r)
+    }
+
+    /// Applies YAML through `meshctl apply`, waiting for meshd to be up.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        self.ok("apply", self.inner.apply(name, yaml))
+    }
+
+    /// Adds a pod running the workload: its app (when it serves), the
+    /// interception rules and its sidecar.
+    pub fn workload(&mut self, w: Workload<'_>) -> Pod {
+        let r = self.inner.workload(w);
+        self.ok("workload", r)
     }
 
     /// Runs `mesh-load` in `pod` and returns its report.
@@ -240,27 +670,8 @@ impl LocalMesh {
         rps: u32,
         headers: &[&str],
     ) -> LoadReport {
-        let (n, rps) = (requests.to_string(), rps.to_string());
-        let mut argv = vec![
-            bin("mesh-load"),
-            url.into(),
-            "-n".into(),
-            n,
-            "--rps".into(),
-            rps,
-            "--concurrency".into(),
-            "4".into(),
-            "--timeout-ms".into(),
-            "3000".into(),
-            "--group-by".into(),
-            group_by.into(),
-        ];
-        for h in headers {
-            argv.extend(["-H".into(), (*h).into()]);
-        }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self.node.exec(&pod.netns, &argv).expect("run mesh-load");
-        serde_json::from_slice(&out.stdout).expect("mesh-load prints JSON")
+        let r = self.inner.load(pod, url, group_by, requests, rps, headers);
+        self.ok("mesh-load", r)
     }
 
     /// Starts `mesh-load` in `pod` in the background (a process of its
@@ -274,115 +685,30 @@ impl LocalMesh {
         requests: u32,
         rps: u32,
     ) -> PathBuf {
-        let (n, rps) = (requests.to_string(), rps.to_string());
-        let argv = [
-            bin("mesh-load"),
-            url.into(),
-            "-n".into(),
-            n,
-            "--rps".into(),
-            rps,
-            "--concurrency".into(),
-            "4".into(),
-            "--timeout-ms".into(),
-            "3000".into(),
-        ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.node
-            .spawn(label, &pod.netns.clone(), None, &argv, &[])
-            .expect("start mesh-load");
-        self.node.log_dir().join(format!("{label}.log"))
+        let r = self
+            .inner
+            .start_load_in(&pod.netns, label, url, requests, rps);
+        self.ok("start mesh-load", r)
     }
 
     /// Waits for a background load's report.
     pub fn wait_load(&self, log: &Path, timeout: Duration) -> LoadReport {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(report) = text.lines().find_map(|l| serde_json::from_str(l).ok()) {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "load in {} never finished:\n{text}",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.ok("wait for the load", self.inner.wait_load(log, timeout))
     }
 
     /// The VIP meshd gave `host`, once its workloads registered.
     pub fn vip(&self, from: &Pod, host: &str) -> String {
-        let pointer = format!("/services/{host}/vip");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.load(
-                from,
-                &format!("{}/debug/registryz", self.api),
-                &pointer,
-                1,
-                0,
-                &[],
-            );
-            if let Some(vip) = r.by_group.keys().find(|k| k.starts_with("240.")) {
-                return vip.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host} never registered: {r:?}\n{}",
-                self.node.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.ok("vip", self.inner.vip_from(&from.netns, host))
+            .to_string()
     }
 
     /// `meshctl proxy-status -o json`.
     pub fn proxy_status(&self) -> serde_json::Value {
-        let out = self
-            .node
-            .exec(
-                self.node.netns(),
-                &[
-                    &bin("meshctl"),
-                    "proxy-status",
-                    "--meshd",
-                    &self.api,
-                    "-o",
-                    "json",
-                ],
-            )
-            .expect("meshctl proxy-status");
-        serde_json::from_slice(&out.stdout).expect("proxy-status JSON")
+        self.ok("meshctl proxy-status", self.inner.proxy_status())
     }
 
     /// Waits until `count` proxies are connected and SYNCED on every type.
     pub fn wait_synced(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.proxy_status();
-            let all = status.as_array().cloned().unwrap_or_default();
-            let synced = all
-                .iter()
-                .filter(|p| {
-                    ["CDS", "LDS", "EDS", "RDS"]
-                        .iter()
-                        .all(|t| p["states"][*t] == "SYNCED")
-                })
-                .count();
-            if all.len() == count && synced == count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "want {count} proxies SYNCED: {status}\n{}",
-                self.node.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Where the CA's files are.
-    pub fn ca_dir(&self) -> &Path {
-        &self.ca_dir
+        self.ok("wait for SYNCED", self.inner.wait_synced(count))
     }
 }

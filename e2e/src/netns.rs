@@ -44,6 +44,34 @@ pub enum HarnessError {
     /// More pods than the /24 holds.
     #[error("no address left for pod {0}")]
     NoAddress(String),
+    /// Writing a pod's `/etc/netns/<ns>/hosts` failed.
+    #[error("writing {path}: {source}")]
+    Hosts {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Entering a network namespace from a thread failed.
+    #[error("entering network namespace {netns}: {reason}")]
+    Enter {
+        /// The namespace.
+        netns: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A process started by [`Node::spawn`] that has exited.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    /// Its label (the log file is `<label>.log`).
+    pub label: String,
+    /// Its PID.
+    pub pid: u32,
+    /// How it ended.
+    pub status: std::process::ExitStatus,
 }
 
 /// Whether an end-to-end test that needs root can run. When it cannot, says
@@ -137,21 +165,61 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Deletes namespaces left behind by harness runs whose process is gone.
+/// Where `ip netns exec` finds a namespace's own `/etc` files.
+const ETC_NETNS: &str = "/etc/netns";
+
+/// Deletes namespaces (and their `/etc/netns` files) left behind by harness
+/// runs whose process is gone.
 fn remove_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+    for dir in ["/run/netns", ETC_NETNS] {
+        let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
-        let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !pid_alive(pid)) {
-            let _ = ip(&["netns", "del", &name]);
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+                continue;
+            };
+            let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if owner.is_some_and(|pid| !pid_alive(pid)) {
+                if dir == ETC_NETNS {
+                    let _ = fs::remove_dir_all(e.path());
+                } else {
+                    let _ = ip(&["netns", "del", &name]);
+                }
+            }
         }
     }
+}
+
+/// Runs `f` on a new thread that has entered network namespace `netns`
+/// (sockets it opens live there), on a single-threaded tokio runtime, and
+/// returns its output. The calling thread stays where it was.
+pub fn in_netns<T, F, Fut>(netns: &str, f: F) -> Result<T, HarnessError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let enter = |reason: String| HarnessError::Enter {
+        netns: netns.to_string(),
+        reason,
+    };
+    let file = fs::File::open(Path::new("/run/netns").join(netns))
+        .map_err(|e| enter(format!("opening /run/netns/{netns}: {e}")))?;
+    let thread = std::thread::spawn(move || -> Result<T, String> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        Ok(rt.block_on(f()))
+    });
+    thread
+        .join()
+        .map_err(|_| enter("the thread panicked".into()))?
+        .map_err(enter)
 }
 
 impl Node {
@@ -272,6 +340,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        // A process group of its own: Ctrl-C in the terminal reaches the
+        // harness (which then cleans up), not each child behind its back.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
             command: format!("{cmd:?}"),
             source,
@@ -295,13 +366,67 @@ impl Node {
     pub fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for (label, _) in &self.procs {
-            let text =
-                fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let start = all.len().saturating_sub(lines);
-            out.push_str(&format!("--- {label} ---\n{}\n", all[start..].join("\n")));
+            out.push_str(&format!(
+                "--- {label} ---\n{}\n",
+                self.log_tail_of(label, lines)
+            ));
         }
         out
+    }
+
+    /// The last `lines` lines of one process's log.
+    pub fn log_tail_of(&self, label: &str, lines: usize) -> String {
+        let text = fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        all[start..].join("\n")
+    }
+
+    /// The processes started by [`Node::spawn`] and still tracked: label
+    /// and PID.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .map(|(label, c)| (label.clone(), c.id()))
+            .collect()
+    }
+
+    /// Every network namespace this node created (the node's first).
+    pub fn namespaces(&self) -> Vec<String> {
+        std::iter::once(self.netns.clone())
+            .chain(self.pods.iter().map(|p| p.netns.clone()))
+            .collect()
+    }
+
+    /// The first tracked process that has exited, if any; it is no longer
+    /// tracked afterwards (its log stays).
+    pub fn exited(&mut self) -> Option<Exited> {
+        let pos = self
+            .procs
+            .iter_mut()
+            .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))?;
+        let (label, mut child) = self.procs.remove(pos);
+        let pid = child.id();
+        let status = child.try_wait().ok().flatten()?;
+        Some(Exited { label, pid, status })
+    }
+
+    /// Writes `/etc/netns/<pod ns>/hosts` so that processes started in the
+    /// pod with `ip netns exec` resolve `names` (as a cluster's DNS would);
+    /// removed with the node.
+    pub fn set_hosts(&self, pod: &Pod, names: &[(String, Ipv4Addr)]) -> Result<(), HarnessError> {
+        let dir = Path::new(ETC_NETNS).join(&pod.netns);
+        let path = dir.join("hosts");
+        let err = |source| HarnessError::Hosts {
+            path: path.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(err)?;
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, ip) in names {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        fs::write(&path, text).map_err(err)
     }
 }
 
@@ -316,6 +441,7 @@ impl Drop for Node {
         }
         for pod in &self.pods {
             let _ = ip(&["netns", "del", &pod.netns]);
+            let _ = fs::remove_dir_all(Path::new(ETC_NETNS).join(&pod.netns));
         }
         let _ = ip(&["netns", "del", &self.netns]);
         // Logs are kept only when the test failed, for diagnosis.
