@@ -4,10 +4,13 @@
 //! the names that changed since the previous set, computed once per class so
 //! that a stream can push a change without walking everything it has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
+
+use super::wire::resource_field;
 use crate::translate::{self, CLUSTER_TYPE, ENDPOINT_TYPE, Generated, ProxyConfig};
 
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
@@ -22,17 +25,42 @@ pub struct TypeSet {
     /// The set this one replaced for the class and the names that differ
     /// from it (added, changed or removed).
     pub delta_from: Option<(u64, Vec<String>)>,
+    /// Each resource encoded once for delta responses
+    /// ([`resource_field`]), by name id.
+    wire: HashMap<u64, Bytes>,
     version: OnceLock<String>,
 }
 
 impl TypeSet {
     fn new(resources: BTreeMap<String, Generated>, delta_from: Option<(u64, Vec<String>)>) -> Self {
+        let wire = resources
+            .iter()
+            .map(|(name, g)| (g.name_id, resource_field(name, g)))
+            .collect();
+        Self::with_wire(resources, delta_from, wire)
+    }
+
+    fn with_wire(
+        resources: BTreeMap<String, Generated>,
+        delta_from: Option<(u64, Vec<String>)>,
+        wire: HashMap<u64, Bytes>,
+    ) -> Self {
         Self {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             resources,
             delta_from,
+            wire,
             version: OnceLock::new(),
         }
+    }
+
+    /// The resource `name` as a delta response's `resources` field, encoded
+    /// once for every stream.
+    pub fn wire(&self, name: &str, g: &Generated) -> Bytes {
+        self.wire
+            .get(&g.name_id)
+            .cloned()
+            .unwrap_or_else(|| resource_field(name, g))
     }
 
     /// The version of the whole set ([`translate::set_version`]), computed

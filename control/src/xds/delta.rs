@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use bytes::Bytes;
+
 use super::cache::{ClassConfig, TypeSet};
+use super::wire::WireResponse;
 use super::{XdsState, known_type, wildcard_by_default};
 use crate::node::ProxyNode;
 use crate::translate::{self, PUSH_ORDER, short_type};
@@ -62,7 +65,7 @@ impl TypeState {
 struct Conn {
     state: Arc<XdsState>,
     conn: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<WireResponse, Status>>,
     types: HashMap<&'static str, TypeState>,
     snapshot_version: u64,
     slot: super::PushSlot,
@@ -72,7 +75,7 @@ struct Conn {
 pub async fn run(
     state: Arc<XdsState>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<WireResponse, Status>>,
 ) {
     let first = match requests.message().await {
         Ok(Some(r)) => r,
@@ -234,13 +237,8 @@ impl Conn {
         let fresh_ids: HashSet<u64> = fresh.iter().map(|n| translate::name_id(n)).collect();
         let mut resources = Vec::new();
         let mut removed: Vec<String> = Vec::new();
-        let push = |resources: &mut Vec<Resource>, name: &String, g: &translate::Generated| {
-            resources.push(Resource {
-                name: name.clone(),
-                version: g.version.clone(),
-                resource: Some(g.any.clone()),
-                ..Default::default()
-            })
+        let push = |resources: &mut Vec<Bytes>, name: &String, g: &translate::Generated| {
+            resources.push(set.wire(name, g))
         };
         match t.synced.clone() {
             Some(old) if Arc::ptr_eq(&old, &set) => {}
@@ -346,9 +344,8 @@ impl Conn {
         let n = batches.len();
         let mut removed = Some(removed);
         for (i, (batch, nonce)) in batches.into_iter().zip(nonces).enumerate() {
-            let resp = DeltaDiscoveryResponse {
+            let header = DeltaDiscoveryResponse {
                 system_version_info: version.clone(),
-                resources: batch,
                 type_url: ty.to_string(),
                 // Removals ride on the last batch, after the additions.
                 removed_resources: if i + 1 == n {
@@ -359,6 +356,7 @@ impl Conn {
                 nonce,
                 ..Default::default()
             };
+            let resp = WireResponse::new(&header, batch);
             self.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
         Ok(())

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod delta;
 pub mod sotw;
 pub mod status;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,12 +255,15 @@ impl AdsService {
         Self { state }
     }
 
-    /// The tonic server wrapper, with generous message limits (a large
-    /// mesh's CDS can exceed tonic's 4 MiB default).
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The gRPC service, with generous message limits (a large mesh's CDS
+    /// can exceed tonic's 4 MiB default); delta streams are served from
+    /// shared pre-encoded resources ([`wire::AdsServer`]).
+    pub fn into_server(self) -> wire::AdsServer {
+        let state = self.state.clone();
+        let inner = AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024);
+        wire::AdsServer::new(inner, state)
     }
 }
 
@@ -281,8 +285,22 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // Reached only when the service is used without `into_server`'s
+        // wrapper: decode the shared parts back into messages.
+        let (tx, mut wire_rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(delta::run(self.state.clone(), request.into_inner(), tx));
+        let (out, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            while let Some(item) = wire_rx.recv().await {
+                let msg = item.and_then(|w| {
+                    w.decode()
+                        .map_err(|e| Status::internal(format!("re-decoding a response: {e}")))
+                });
+                if out.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
