@@ -92,7 +92,7 @@ fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<Pro
                 format!("cannot encode config: {e}\n"),
             ),
         },
-        (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config)),
+        (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config, &shared.balancers)),
         (Role::Admin, "/logging") => logging(req, shared),
         (Role::Admin, "/drain_listeners" | "/drain") if req.method() == http::Method::POST => {
             shared.draining.send_replace(true);
@@ -130,8 +130,10 @@ fn logging(req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     }
 }
 
-/// Envoy-like `/clusters` text: one line per endpoint with health and weight.
-pub fn clusters(config: &ProxyConfig) -> String {
+/// Envoy-like `/clusters` text: one line per endpoint with health flags
+/// (EDS health, and `/failed_outlier_check` while outlier detection has
+/// the endpoint ejected, as Envoy writes it), weight, priority and locality.
+pub fn clusters(config: &ProxyConfig, balancers: &crate::lb::Balancers) -> String {
     let mut out = String::new();
     for (name, cluster) in &config.clusters {
         let _ = writeln!(out, "{name}::lb_policy::{:?}", cluster.lb_policy);
@@ -143,15 +145,19 @@ pub fn clusters(config: &ProxyConfig) -> String {
             let _ = writeln!(out, "{name}::no_endpoints_yet");
             continue;
         };
+        let ejected = balancers.cluster(name).outliers.ejected();
         for e in &la.endpoints {
+            let mut flags = format!("{:?}", e.health).to_lowercase();
+            if ejected.contains(&e.address) {
+                flags = match e.health {
+                    crate::config::Health::Healthy => "/failed_outlier_check".to_owned(),
+                    _ => format!("{flags}/failed_outlier_check"),
+                };
+            }
             let _ = writeln!(
                 out,
                 "{name}::{}::health_flags::{}::weight::{}::priority::{}::locality::{}",
-                e.address,
-                format!("{:?}", e.health).to_lowercase(),
-                e.weight,
-                e.priority,
-                e.locality
+                e.address, flags, e.weight, e.priority, e.locality
             );
         }
     }

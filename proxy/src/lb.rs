@@ -3,6 +3,7 @@
 //! Per-cluster state (round-robin cursor, in-flight counts) outlives config
 //! snapshots so that a config push does not reset the rotation.
 
+pub mod hash;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
-use crate::config::{CircuitBreaker, Endpoint, Health, LbPolicy, LoadAssignment};
+use crate::config::{CircuitBreaker, Cluster, Endpoint, Health, LbPolicy, LoadAssignment};
+use hash::Table;
 
 /// Envoy's default `max_retries` when the cluster sets no threshold.
 const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -26,6 +28,41 @@ pub struct ClusterLb {
     /// Passive outlier detection state.
     pub outliers: crate::outlier::Outliers,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    table: Mutex<Option<CachedTable>>,
+}
+
+/// A consistent-hash table and the endpoint set it was built for.
+#[derive(Debug)]
+struct CachedTable {
+    policy: LbPolicy,
+    size: u64,
+    hosts: Vec<(SocketAddr, u32)>,
+    table: Arc<Table>,
+}
+
+/// How to pick, beyond the endpoints themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct PickOptions {
+    /// The algorithm.
+    pub policy: LbPolicy,
+    /// Below this percentage of usable endpoints, use them all (panic).
+    pub panic_threshold: f64,
+    /// The request's hash key, for RING_HASH and MAGLEV.
+    pub hash: Option<u64>,
+    /// Ring or Maglev table size.
+    pub table_size: Option<u64>,
+}
+
+impl PickOptions {
+    /// The cluster's settings, without a hash key.
+    pub fn of(cluster: &Cluster) -> Self {
+        Self {
+            policy: cluster.lb_policy,
+            panic_threshold: cluster.healthy_panic_threshold,
+            hash: None,
+            table_size: cluster.hash_table_size,
+        }
+    }
 }
 
 /// Marks one in-flight request to an endpoint; dropping it ends the request
@@ -106,6 +143,34 @@ impl ClusterLb {
         (now < limit).then_some(admission)
     }
 
+    /// The hash table for `hosts`, rebuilt when the set changes.
+    fn table(&self, policy: LbPolicy, size: Option<u64>, hosts: &[&Endpoint]) -> Arc<Table> {
+        let size = size.unwrap_or(match policy {
+            LbPolicy::Maglev => hash::DEFAULT_MAGLEV_SIZE,
+            _ => hash::DEFAULT_RING_SIZE,
+        });
+        let set: Vec<(SocketAddr, u32)> = hosts.iter().map(|e| (e.address, e.weight)).collect();
+        let mut cached = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref()
+            && c.policy == policy
+            && c.size == size
+            && c.hosts == set
+        {
+            return c.table.clone();
+        }
+        let table = Arc::new(match policy {
+            LbPolicy::Maglev => Table::maglev(&set, size),
+            _ => Table::ring(&set, size),
+        });
+        *cached = Some(CachedTable {
+            policy,
+            size,
+            hosts: set,
+            table: table.clone(),
+        });
+        table
+    }
+
     fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
         let mut map = self.active.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(addr).or_default().clone()
@@ -115,21 +180,55 @@ impl ClusterLb {
         self.counter(addr).load(Ordering::Relaxed)
     }
 
-    /// Picks an endpoint, or None when none is eligible (`UH`).
+    /// Picks an endpoint with Envoy's default panic threshold and no hash
+    /// key, or None when none is eligible (`UH`).
     pub fn pick(&self, policy: LbPolicy, assignment: &LoadAssignment) -> Option<ActiveRequest> {
+        self.pick_with(
+            PickOptions {
+                policy,
+                panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+                hash: None,
+                table_size: None,
+            },
+            assignment,
+        )
+    }
+
+    /// Picks an endpoint, or None when none is eligible (`UH`). Ejected
+    /// outliers sit out unless fewer than `panic_threshold` percent of the
+    /// endpoints would be left (panic: balance over all of them, as Envoy
+    /// does); with the threshold at 0 there is no panic and a cluster with
+    /// every endpoint ejected has none to offer.
+    pub fn pick_with(
+        &self,
+        opts: PickOptions,
+        assignment: &LoadAssignment,
+    ) -> Option<ActiveRequest> {
         let mut hosts = eligible(assignment);
         if hosts.is_empty() {
             return None;
         }
-        // Ejected outliers sit out, unless that would leave nobody.
         let kept: Vec<&Endpoint> = hosts
             .iter()
             .copied()
             .filter(|e| !self.outliers.is_ejected(e.address))
             .collect();
-        if !kept.is_empty() {
+        let panic = (kept.len() as f64) * 100.0 < opts.panic_threshold * hosts.len() as f64;
+        if !panic {
+            if kept.is_empty() {
+                return None;
+            }
             hosts = kept;
         }
+        let policy = opts.policy;
+        let hashed = match (policy, opts.hash) {
+            (LbPolicy::RingHash | LbPolicy::Maglev, Some(key)) => self
+                .table(policy, opts.table_size, &hosts)
+                .lookup(key)
+                .and_then(|i| hosts.get(i))
+                .map(|e| e.address),
+            _ => None,
+        };
         let total: u64 = hosts.iter().map(|e| u64::from(e.weight)).sum();
         let weighted_at = |mut n: u64| {
             for e in &hosts {
@@ -141,15 +240,16 @@ impl ClusterLb {
             }
             hosts[hosts.len() - 1].address
         };
-        let address = match policy {
-            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
+        let address = match (hashed, policy) {
+            (Some(address), _) => address,
+            (None, LbPolicy::RoundRobin | LbPolicy::ClusterProvided) => {
                 let n = self.cursor.fetch_add(1, Ordering::Relaxed) as u64;
                 weighted_at(n % total.max(1))
             }
-            LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {
+            (None, LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev) => {
                 weighted_at(rand::rng().random_range(0..total.max(1)))
             }
-            LbPolicy::LeastRequest => {
+            (None, LbPolicy::LeastRequest) => {
                 let mut rng = rand::rng();
                 let a = hosts[rng.random_range(0..hosts.len())];
                 let b = hosts[rng.random_range(0..hosts.len())];

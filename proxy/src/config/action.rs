@@ -50,6 +50,27 @@ pub struct RetryPolicy {
     pub back_off_max: Option<Duration>,
 }
 
+/// Where a consistent-hash key comes from (Envoy's route `hash_policy`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum HashPolicy {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value; when it is missing and `ttl` is set, the proxy
+    /// generates one and sets it on the response.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Lifetime of a generated cookie (`None`: never generate).
+        ttl: Option<Duration>,
+        /// `Path` of a generated cookie (empty: none).
+        path: String,
+    },
+    /// The downstream source IP.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
+}
+
 /// Forward to a cluster.
 #[derive(Debug, Clone, Serialize)]
 pub struct ForwardAction {
@@ -68,6 +89,9 @@ pub struct ForwardAction {
     pub host_rewrite: Option<String>,
     /// Mirror clusters with their sampled fraction (0.0 to 1.0).
     pub mirrors: Vec<(String, f64)>,
+    /// Hash key sources for RING_HASH / MAGLEV clusters, with their
+    /// `terminal` flag.
+    pub hash_policy: Vec<(HashPolicy, bool)>,
 }
 
 /// Answer with a redirect.
@@ -134,7 +158,7 @@ pub(crate) fn forward(ctx: &Ctx, ra: xr::RouteAction) -> Result<ForwardAction, C
     } = ra;
     reject_set!(ctx; cluster_not_found_response_code, metadata_match, path_rewrite_policy, path_rewrite,
         append_x_forwarded_host, idle_timeout, flush_timeout, early_data_policy, retry_policy_typed_config,
-        priority, rate_limits, include_vh_rate_limits, hash_policy, cors, max_grpc_timeout, grpc_timeout_offset,
+        priority, rate_limits, include_vh_rate_limits, cors, max_grpc_timeout, grpc_timeout_offset,
         upgrade_configs, internal_redirect_policy, internal_redirect_action, max_internal_redirects,
         hedge_policy, max_stream_duration);
     let target = match cluster_specifier {
@@ -184,7 +208,13 @@ pub(crate) fn forward(ctx: &Ctx, ra: xr::RouteAction) -> Result<ForwardAction, C
         .enumerate()
         .map(|(i, m)| mirror(&ctx.idx("request_mirror_policies", i), m))
         .collect::<Result<_, _>>()?;
+    let hash_policy = hash_policy
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| hash(&ctx.idx("hash_policy", i), h))
+        .collect::<Result<_, _>>()?;
     Ok(ForwardAction {
+        hash_policy,
         target,
         timeout: opt_duration(ctx, "timeout", timeout.as_ref())?,
         retry,
@@ -193,6 +223,59 @@ pub(crate) fn forward(ctx: &Ctx, ra: xr::RouteAction) -> Result<ForwardAction, C
         host_rewrite,
         mirrors,
     })
+}
+
+fn hash(ctx: &Ctx, h: xr::route_action::HashPolicy) -> Result<(HashPolicy, bool), ConfigError> {
+    use xr::route_action::hash_policy as hp;
+    let xr::route_action::HashPolicy {
+        terminal,
+        policy_specifier,
+    } = h;
+    let policy = match policy_specifier {
+        Some(hp::PolicySpecifier::Header(hp::Header {
+            header_name,
+            regex_rewrite,
+        })) => {
+            let hctx = ctx.at("header");
+            reject_set!(hctx; regex_rewrite);
+            if header_name.is_empty() {
+                return Err(hctx.missing("header_name"));
+            }
+            HashPolicy::Header(header_name.to_ascii_lowercase())
+        }
+        Some(hp::PolicySpecifier::Cookie(hp::Cookie {
+            name,
+            ttl,
+            path,
+            attributes,
+        })) => {
+            let cctx = ctx.at("cookie");
+            reject_set!(cctx; attributes);
+            if name.is_empty() {
+                return Err(cctx.missing("name"));
+            }
+            HashPolicy::Cookie {
+                name,
+                ttl: opt_duration(&cctx, "ttl", ttl.as_ref())?,
+                path,
+            }
+        }
+        Some(hp::PolicySpecifier::ConnectionProperties(hp::ConnectionProperties { source_ip })) => {
+            if !source_ip {
+                return Err(ctx.invalid("connection_properties.source_ip", "must be true"));
+            }
+            HashPolicy::SourceIp
+        }
+        Some(hp::PolicySpecifier::QueryParameter(hp::QueryParameter { name })) => {
+            if name.is_empty() {
+                return Err(ctx.at("query_parameter").missing("name"));
+            }
+            HashPolicy::QueryParameter(name)
+        }
+        Some(hp::PolicySpecifier::FilterState(_)) => return Err(ctx.unsupported("filter_state")),
+        None => return Err(ctx.missing("policy_specifier")),
+    };
+    Ok((policy, terminal))
 }
 
 fn weighted(ctx: &Ctx, w: xr::WeightedCluster) -> Result<ClusterTarget, ConfigError> {

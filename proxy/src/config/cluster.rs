@@ -43,10 +43,10 @@ pub enum LbPolicy {
     LeastRequest,
     /// Uniform random.
     Random,
-    /// Consistent hashing. The proxy accepts no route `hash_policy` yet, and
-    /// Envoy hashes randomly without one, so this picks like `Random`.
+    /// Consistent hashing on a ring, keyed by the route's `hash_policy`
+    /// (without a hash key the pick is random, as in Envoy).
     RingHash,
-    /// Maglev; same caveat as `RingHash`.
+    /// Maglev consistent hashing, keyed like `RingHash`.
     Maglev,
     /// The cluster picks (ORIGINAL_DST clusters: the original destination).
     ClusterProvided,
@@ -98,6 +98,8 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     /// Upper bound on ejected hosts, in percent.
     pub max_ejection_percent: Option<u32>,
+    /// Cap on one ejection (Envoy's default 300 s).
+    pub max_ejection_time: Option<Duration>,
 }
 
 /// Which HTTP version the proxy speaks upstream.
@@ -151,7 +153,20 @@ pub struct Cluster {
     pub http: HttpOptions,
     /// Mutual TLS origination, if any.
     pub tls: Option<UpstreamTls>,
+    /// Below this percentage of usable (not ejected) endpoints the cluster
+    /// is in panic and balances over all of them (Envoy's default 50; 0
+    /// turns panic off). From `common_lb_config.healthy_panic_threshold`,
+    /// where Istio puts the DestinationRule's `minHealthPercent`.
+    pub healthy_panic_threshold: f64,
+    /// `ring_hash_lb_config.minimum_ring_size` or `maglev_lb_config.table_size`.
+    pub hash_table_size: Option<u64>,
+    /// `common_lb_config.locality_weighted_lb_config` is set: pick a
+    /// locality by its weight first, then an endpoint inside it.
+    pub locality_weighted: bool,
 }
+
+/// Envoy's default healthy panic threshold.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
 impl TryFrom<xcl::Cluster> for Cluster {
     type Error = ConfigError;
@@ -219,11 +234,11 @@ impl TryFrom<xcl::Cluster> for Cluster {
             http_protocol_options, http2_protocol_options, dns_refresh_rate, dns_jitter, dns_failure_refresh_rate,
             respect_dns_ttl, dns_lookup_family, dns_resolvers, use_tcp_for_dns_lookups, dns_resolution_config,
             typed_dns_resolver_config, wait_for_warm_on_init, cleanup_interval, upstream_bind_config,
-            lb_subset_config, common_lb_config, protocol_selection, upstream_connection_options,
+            lb_subset_config, protocol_selection, upstream_connection_options,
             close_connections_on_host_health_failure, ignore_health_on_host_removal, filters,
             load_balancing_policy, lrs_server, lrs_report_endpoint_metrics, track_timeout_budgets,
             upstream_config, track_cluster_stats, preconnect_policy, connection_pool_per_downstream_connection,
-            queuing_policies, lb_config);
+            queuing_policies);
 
         use xcl::cluster::DiscoveryType as D;
         let kind = match cluster_discovery_type {
@@ -309,6 +324,11 @@ impl TryFrom<xcl::Cluster> for Cluster {
         let tls = transport_socket
             .map(|ts| tls::upstream(&ctx.at("transport_socket"), ts))
             .transpose()?;
+        let hash_table_size = hash_table_size(&ctx, lb_policy, lb_config)?;
+        let (healthy_panic_threshold, locality_weighted) = match common_lb_config {
+            Some(c) => common_lb(&ctx.at("common_lb_config"), c)?,
+            None => (DEFAULT_PANIC_THRESHOLD, false),
+        };
         Ok(Cluster {
             name,
             discovery,
@@ -318,8 +338,82 @@ impl TryFrom<xcl::Cluster> for Cluster {
             outlier_detection,
             http,
             tls,
+            healthy_panic_threshold,
+            locality_weighted,
+            hash_table_size,
         })
     }
+}
+
+/// The ring or table size of a consistent-hash cluster; other `lb_config`
+/// kinds are refused.
+fn hash_table_size(
+    ctx: &Ctx,
+    policy: LbPolicy,
+    lb_config: Option<xcl::cluster::LbConfig>,
+) -> Result<Option<u64>, ConfigError> {
+    use xcl::cluster::LbConfig as C;
+    match (lb_config, policy) {
+        (None, _) => Ok(None),
+        (Some(C::RingHashLbConfig(r)), LbPolicy::RingHash) => {
+            let rctx = ctx.at("ring_hash_lb_config");
+            let xcl::cluster::RingHashLbConfig {
+                minimum_ring_size,
+                hash_function,
+                maximum_ring_size,
+            } = r;
+            // hash_function: the proxy has its own stable hash (see lb/hash.rs).
+            let _ = hash_function;
+            reject_set!(rctx; maximum_ring_size);
+            Ok(minimum_ring_size.map(|v| v.value))
+        }
+        (Some(C::MaglevLbConfig(m)), LbPolicy::Maglev) => {
+            let mctx = ctx.at("maglev_lb_config");
+            let xcl::cluster::MaglevLbConfig { table_size } = m;
+            let size = table_size.map(|v| v.value);
+            if size.is_some_and(|s| s < 2) {
+                return Err(mctx.invalid("table_size", "must be at least 2"));
+            }
+            Ok(size)
+        }
+        (Some(C::RingHashLbConfig(_)), _) => {
+            Err(ctx.invalid("ring_hash_lb_config", "only valid with lb_policy RING_HASH"))
+        }
+        (Some(C::MaglevLbConfig(_)), _) => {
+            Err(ctx.invalid("maglev_lb_config", "only valid with lb_policy MAGLEV"))
+        }
+        (Some(C::OriginalDstLbConfig(_)), _) => Err(ctx.unsupported("original_dst_lb_config")),
+        (Some(C::LeastRequestLbConfig(_)), _) => Err(ctx.unsupported("least_request_lb_config")),
+        (Some(C::RoundRobinLbConfig(_)), _) => Err(ctx.unsupported("round_robin_lb_config")),
+    }
+}
+
+fn common_lb(ctx: &Ctx, c: xcl::cluster::CommonLbConfig) -> Result<(f64, bool), ConfigError> {
+    use xcl::cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let xcl::cluster::CommonLbConfig {
+        healthy_panic_threshold,
+        update_merge_window,
+        ignore_new_hosts_until_first_hc,
+        close_connections_on_host_set_change,
+        consistent_hashing_lb_config,
+        override_host_status,
+        locality_config_specifier,
+    } = c;
+    reject_set!(ctx; update_merge_window, ignore_new_hosts_until_first_hc,
+        close_connections_on_host_set_change, consistent_hashing_lb_config, override_host_status);
+    let panic = healthy_panic_threshold.map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value);
+    if !(0.0..=100.0).contains(&panic) {
+        return Err(ctx.invalid(
+            "healthy_panic_threshold",
+            format!("{panic} is not a percentage"),
+        ));
+    }
+    let locality_weighted = match locality_config_specifier {
+        None => false,
+        Some(L::LocalityWeightedLbConfig(_)) => true,
+        Some(L::ZoneAwareLbConfig(_)) => return Err(ctx.unsupported("zone_aware_lb_config")),
+    };
+    Ok((panic, locality_weighted))
 }
 
 fn xcl_empty_assignment(
@@ -448,7 +542,7 @@ fn outlier(ctx: &Ctx, od: xcl::OutlierDetection) -> Result<OutlierDetection, Con
         split_external_local_origin_errors, consecutive_local_origin_failure,
         enforcing_consecutive_local_origin_failure, enforcing_local_origin_success_rate,
         failure_percentage_threshold, enforcing_failure_percentage, enforcing_failure_percentage_local_origin,
-        failure_percentage_minimum_hosts, failure_percentage_request_volume, max_ejection_time,
+        failure_percentage_minimum_hosts, failure_percentage_request_volume,
         max_ejection_time_jitter, successful_active_health_check_uneject_host, monitors,
         always_eject_one_host, detect_degraded_hosts);
     Ok(OutlierDetection {
@@ -460,6 +554,7 @@ fn outlier(ctx: &Ctx, od: xcl::OutlierDetection) -> Result<OutlierDetection, Con
         interval: opt_duration(ctx, "interval", interval.as_ref())?,
         base_ejection_time: opt_duration(ctx, "base_ejection_time", base_ejection_time.as_ref())?,
         max_ejection_percent: max_ejection_percent.map(|v| v.value),
+        max_ejection_time: opt_duration(ctx, "max_ejection_time", max_ejection_time.as_ref())?,
     })
 }
 

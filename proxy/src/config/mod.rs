@@ -23,11 +23,11 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use action::{
-    ClusterTarget, DirectResponse, ForwardAction, Redirect, RetryPolicy, WeightedTarget,
+    ClusterTarget, DirectResponse, ForwardAction, HashPolicy, Redirect, RetryPolicy, WeightedTarget,
 };
 pub use cluster::{
-    CircuitBreaker, Cluster, Discovery, HttpOptions, LbPolicy, OutlierDetection, RetryBudget,
-    UpstreamProtocol,
+    CircuitBreaker, Cluster, DEFAULT_PANIC_THRESHOLD, Discovery, HttpOptions, LbPolicy,
+    OutlierDetection, RetryBudget, UpstreamProtocol,
 };
 pub use endpoint::{Endpoint, Health, LoadAssignment};
 pub use headers::{AppendAction, HeaderAdd, HeaderMutation};

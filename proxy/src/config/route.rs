@@ -459,11 +459,11 @@ pub(crate) mod tests {
         let Some(xr::route::Action::Route(ra)) = &mut r.action else {
             unreachable!()
         };
-        ra.hash_policy.push(Default::default());
+        ra.max_internal_redirects = Some(Default::default());
         let err = RouteConfig::try_from(table("9080", &["*"], vec![r])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "RouteConfiguration 9080: unsupported field virtual_hosts[0].routes[0].route.hash_policy"
+            "RouteConfiguration 9080: unsupported field virtual_hosts[0].routes[0].route.max_internal_redirects"
         );
     }
 

@@ -8,11 +8,13 @@ use rand::Rng;
 use tracing::debug;
 
 use super::flags::{ProxyBody, ResponseFlag, local_reply, text};
+use super::hash_key;
 use super::retry::{self, Replayable, RequestBody, RetryCause, retry_on};
 use super::router::{apply_adds, apply_removes, pick_cluster};
 use super::upstream::{self, UpstreamError};
 use super::{ConnInfo, DEFAULT_ROUTE_TIMEOUT, HOP_BY_HOP, Outcome, rewrite_prefix};
 use crate::config::{Discovery, ForwardAction, ProxyConfig, Route};
+use crate::lb::PickOptions;
 use crate::lb::stats::ClusterStats;
 use crate::runtime::Shared;
 
@@ -114,6 +116,11 @@ pub(super) async fn forward(
         mirror(f, &parts, &path_and_query, host, replay, config, shared);
     }
     let lb = shared.balancers.cluster(&cluster.name);
+    let hash = hash_key::compute(&f.hash_policy, &parts.headers, parts.uri.query(), info.peer);
+    let pick = PickOptions {
+        hash: hash.key,
+        ..PickOptions::of(cluster)
+    };
     let stats = &shared.balancers.stats;
     stats.register(&shared.metrics);
     // Held while a retry is in flight: the retry budget counts them.
@@ -128,7 +135,7 @@ pub(super) async fn forward(
             _ => {
                 let picked = config
                     .cluster_endpoints(cluster)
-                    .and_then(|la| lb.pick(cluster.lb_policy, &la));
+                    .and_then(|la| lb.pick_with(pick, &la));
                 let Some(active) = picked else {
                     out.flag = Some(ResponseFlag::NoHealthyUpstream);
                     return local_reply(ResponseFlag::NoHealthyUpstream, None);
@@ -229,6 +236,9 @@ pub(super) async fn forward(
         let (mut parts, body) = resp.into_parts();
         for h in HOP_BY_HOP {
             parts.headers.remove(*h);
+        }
+        if let Some(cookie) = hash.set_cookie {
+            parts.headers.append(http::header::SET_COOKIE, cookie);
         }
         return Response::from_parts(parts, body.boxed());
     }

@@ -4,6 +4,7 @@
 
 pub mod flags;
 mod forward;
+pub mod hash_key;
 pub mod retry;
 pub mod router;
 pub mod upstream;
