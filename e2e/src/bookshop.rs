@@ -1,7 +1,10 @@
 //! The book-shop demo on a local mesh (what `meshctl demo` runs): four
 //! services — productpage calling details and reviews (v1 and v2), reviews
-//! calling ratings — each workload in its own pod (network namespace) with
-//! transparent interception and a sidecar, meshd and its CA on the node.
+//! calling ratings — each workload with a sidecar, meshd and its CA. As root
+//! each workload is a pod (network namespace) with transparent interception
+//! and meshd runs on the node ([`ShopMode::Netns`]); without root
+//! everything runs on loopback with explicit-mode sidecars
+//! ([`ShopMode::Explicit`]).
 //!
 //! Everything here is fallible and says what went wrong; presentation is
 //! the caller's. Dropping a [`Bookshop`] removes every namespace and kills
@@ -11,7 +14,11 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::mesh::{MeshError, NetnsMesh, Workload, http_get};
-use crate::netns::{NODE_IP, Pod};
+use crate::netns::Pod;
+
+mod explicit;
+
+use explicit::ExplicitShop;
 
 /// A workload of the book shop.
 #[derive(Debug, Clone, Copy)]
@@ -124,29 +131,51 @@ pub struct Crash {
     pub log_tail: String,
 }
 
-/// The book shop running in network namespaces.
+/// The book shop in network namespaces (root).
 #[derive(Debug)]
-pub struct Bookshop {
+struct NetnsShop {
     mesh: NetnsMesh,
     pods: Vec<(Spec, Pod)>,
 }
 
-impl Bookshop {
-    /// Starts meshd and the five workloads with their sidecars, and waits
-    /// until every proxy is SYNCED. `step` is told what is happening, for
-    /// progress output; `interrupted` is checked between steps (Ctrl-C
-    /// during setup still cleans up).
-    pub fn start(
+#[derive(Debug)]
+enum Inner {
+    Netns(NetnsShop),
+    Explicit(ExplicitShop),
+}
+
+/// How the book shop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShopMode {
+    /// A network namespace per workload, transparent interception (root).
+    Netns,
+    /// Explicit-mode sidecars on loopback (no root).
+    Explicit,
+}
+
+/// The running book shop. Dropping it removes every namespace and kills
+/// every process it started.
+#[derive(Debug)]
+pub struct Bookshop {
+    inner: Inner,
+}
+
+fn interrupted_err() -> MeshError {
+    MeshError::Unexpected {
+        what: "setting up the demo".into(),
+        detail: "interrupted".into(),
+    }
+}
+
+impl NetnsShop {
+    fn start(
         work_dir: Option<&Path>,
         step: &mut dyn FnMut(&str),
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<Bookshop, MeshError> {
+    ) -> Result<NetnsShop, MeshError> {
         let stop = || -> Result<(), MeshError> {
             if interrupted() {
-                Err(MeshError::Unexpected {
-                    what: "setting up the demo".into(),
-                    detail: "interrupted".into(),
-                })
+                Err(interrupted_err())
             } else {
                 Ok(())
             }
@@ -195,82 +224,173 @@ impl Bookshop {
         stop()?;
         step("waiting for the 5 sidecars to be SYNCED");
         mesh.wait_synced(WORKLOADS.len())?;
-        Ok(Bookshop { mesh, pods })
+        Ok(NetnsShop { mesh, pods })
     }
 
-    /// The mesh underneath.
-    pub fn mesh(&self) -> &NetnsMesh {
-        &self.mesh
-    }
-
-    /// meshd's management API, reachable from [`Bookshop::node_netns`].
-    pub fn api(&self) -> &str {
-        &self.mesh.api
-    }
-
-    /// The node namespace (meshd runs there; the pods are reachable from it).
-    pub fn node_netns(&self) -> &str {
-        self.mesh.node.netns()
-    }
-
-    /// The productpage URL as reached from the node namespace.
-    pub fn productpage_url(&self) -> String {
+    fn productpage_url(&self) -> String {
         let ip = self
-            .pod("productpage-v1")
-            .map_or(Ipv4Addr::UNSPECIFIED, |p| p.ip);
+            .pods
+            .iter()
+            .find(|(s, _)| s.name == "productpage-v1")
+            .map_or(Ipv4Addr::UNSPECIFIED, |(_, p)| p.ip);
         format!("http://{ip}:{PORT}/productpage")
     }
 
-    fn pod(&self, name: &str) -> Option<&Pod> {
-        self.pods
-            .iter()
-            .find(|(s, _)| s.name == name)
-            .map(|(_, p)| p)
-    }
-
-    /// Applies the canary VirtualService (v1 and v2 weights).
-    pub fn apply_canary(&self, v1: u32, v2: u32) -> Result<(), MeshError> {
-        self.mesh.apply("reviews-canary", &reviews_canary(v1, v2))
-    }
-
-    /// Starts steady traffic (`mesh-load` in the node namespace) to
-    /// productpage at `rps`; returns its PID.
-    pub fn start_traffic(&mut self, rps: u32) -> Result<(), MeshError> {
-        let url = self.productpage_url();
-        let netns = self.node_netns().to_string();
-        self.mesh
-            .start_load_in(&netns, "load", &url, u32::MAX, rps)
-            .map(drop)
-    }
-
-    /// One request to productpage: its JSON reply (the response chain with
-    /// each service's version and caller).
-    pub fn sample(&self) -> Result<serde_json::Value, MeshError> {
-        let url = self.productpage_url();
-        let (status, body) = http_get(Some(self.node_netns()), &url)?;
-        serde_json::from_str(&body).map_err(|e| MeshError::Unexpected {
-            what: format!("GET {url} (status {status})"),
-            detail: format!("{e}: {body}"),
-        })
-    }
-
-    /// meshd's `/debug/syncz`.
-    pub fn syncz(&self) -> Result<serde_json::Value, MeshError> {
-        self.mesh.syncz()
-    }
-
-    /// Every sidecar and where its metrics are (the Prometheus port listens
-    /// on the pod's address, reachable from the node namespace).
-    pub fn sidecars(&self) -> Vec<Sidecar> {
+    fn sidecars(&self) -> Vec<Sidecar> {
         self.pods
             .iter()
             .map(|(spec, pod)| Sidecar {
                 workload: spec.name.to_string(),
                 service: spec.service.to_string(),
                 metrics_url: format!("http://{}:15090/stats/prometheus", pod.ip),
-                netns: Some(self.node_netns().to_string()),
+                netns: Some(self.mesh.node.netns().to_string()),
             })
             .collect()
+    }
+
+    fn crashed(&mut self) -> Option<Crash> {
+        let e = self.mesh.node.exited()?;
+        Some(Crash {
+            log_tail: self.mesh.node.log_tail_of(&e.label, 15),
+            label: e.label,
+            pid: e.pid,
+            status: e.status.to_string(),
+        })
+    }
+}
+
+impl Bookshop {
+    /// Starts meshd and the five workloads with their sidecars, and waits
+    /// until every proxy is SYNCED. `step` is told what is happening, for
+    /// progress output; `interrupted` is checked between steps (Ctrl-C
+    /// during setup still cleans up). A failed step removes what was
+    /// created so far.
+    pub fn start(
+        mode: ShopMode,
+        work_dir: Option<&Path>,
+        step: &mut dyn FnMut(&str),
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Bookshop, MeshError> {
+        let inner = match mode {
+            ShopMode::Netns => Inner::Netns(NetnsShop::start(work_dir, step, interrupted)?),
+            ShopMode::Explicit => {
+                Inner::Explicit(ExplicitShop::start(work_dir, step, interrupted)?)
+            }
+        };
+        Ok(Bookshop { inner })
+    }
+
+    /// How it runs.
+    pub fn mode(&self) -> ShopMode {
+        match &self.inner {
+            Inner::Netns(_) => ShopMode::Netns,
+            Inner::Explicit(_) => ShopMode::Explicit,
+        }
+    }
+
+    /// meshd's management API, reachable from [`Bookshop::node_netns`].
+    pub fn api(&self) -> &str {
+        match &self.inner {
+            Inner::Netns(n) => &n.mesh.api,
+            Inner::Explicit(e) => &e.api,
+        }
+    }
+
+    /// The node namespace (meshd runs there; the pods are reachable from
+    /// it); `None` in explicit mode (everything is on this host's loopback).
+    pub fn node_netns(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Netns(n) => Some(n.mesh.node.netns()),
+            Inner::Explicit(_) => None,
+        }
+    }
+
+    /// The namespace of a workload's pod (netns mode).
+    pub fn pod_netns(&self, workload: &str) -> Option<&str> {
+        match &self.inner {
+            Inner::Netns(n) => n
+                .pods
+                .iter()
+                .find(|(s, _)| s.name == workload)
+                .map(|(_, p)| p.netns.as_str()),
+            Inner::Explicit(_) => None,
+        }
+    }
+
+    /// The HTTP proxy URL of a workload's sidecar (explicit mode): what
+    /// an app sets as `HTTP_PROXY` to call services through it.
+    pub fn outbound_proxy(&self, workload: &str) -> Option<String> {
+        match &self.inner {
+            Inner::Netns(_) => None,
+            Inner::Explicit(e) => e.outbound_proxy(workload),
+        }
+    }
+
+    /// The work directory (meshd's store and CA under `meshd/`, the
+    /// applied YAML).
+    pub fn work_dir(&self) -> &Path {
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.work_dir(),
+            Inner::Explicit(e) => e.work_dir(),
+        }
+    }
+
+    /// The productpage URL, as reached from [`Bookshop::node_netns`].
+    pub fn productpage_url(&self) -> String {
+        match &self.inner {
+            Inner::Netns(n) => n.productpage_url(),
+            Inner::Explicit(e) => e.productpage_url(),
+        }
+    }
+
+    /// Applies the canary VirtualService (v1 and v2 weights).
+    pub fn apply_canary(&self, v1: u32, v2: u32) -> Result<(), MeshError> {
+        let yaml = reviews_canary(v1, v2);
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.apply("reviews-canary", &yaml),
+            Inner::Explicit(e) => e.apply("reviews-canary", &yaml),
+        }
+    }
+
+    /// Starts steady traffic (`mesh-load`) to productpage at `rps`.
+    pub fn start_traffic(&mut self, rps: u32) -> Result<(), MeshError> {
+        let url = self.productpage_url();
+        match &mut self.inner {
+            Inner::Netns(n) => {
+                let netns = n.mesh.node.netns().to_string();
+                n.mesh
+                    .start_load_in(&netns, "load", &url, u32::MAX, rps)
+                    .map(drop)
+            }
+            Inner::Explicit(e) => e.start_traffic(rps),
+        }
+    }
+
+    /// One request to productpage: its JSON reply (the response chain with
+    /// each service's version and caller).
+    pub fn sample(&self) -> Result<serde_json::Value, MeshError> {
+        let url = self.productpage_url();
+        let (status, body) = http_get(self.node_netns(), &url)?;
+        serde_json::from_str(&body).map_err(|e| MeshError::Unexpected {
+            what: format!("GET {url} (status {status})"),
+            detail: format!("{e}: {body}"),
+        })
+    }
+
+    /// meshd's `/debug/syncz` (what `meshctl proxy-status` shows).
+    pub fn syncz(&self) -> Result<serde_json::Value, MeshError> {
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.syncz(),
+            Inner::Explicit(e) => e.syncz(),
+        }
+    }
+
+    /// Every sidecar and where its metrics are.
+    pub fn sidecars(&self) -> Vec<Sidecar> {
+        match &self.inner {
+            Inner::Netns(n) => n.sidecars(),
+            Inner::Explicit(e) => e.sidecars(),
+        }
     }
 
     /// Fetches one sidecar's Prometheus text.
@@ -287,33 +407,34 @@ impl Bookshop {
 
     /// The first child process that has exited, with the tail of its log.
     pub fn crashed(&mut self) -> Option<Crash> {
-        let e = self.mesh.node.exited()?;
-        Some(Crash {
-            log_tail: self.mesh.node.log_tail_of(&e.label, 15),
-            label: e.label,
-            pid: e.pid,
-            status: e.status.to_string(),
-        })
+        match &mut self.inner {
+            Inner::Netns(n) => n.crashed(),
+            Inner::Explicit(e) => e.crashed(),
+        }
     }
 
-    /// Every process the demo started: label and PID.
+    /// Every process the demo started and still runs: label and PID.
     pub fn processes(&self) -> Vec<(String, u32)> {
-        self.mesh.node.processes()
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.node.processes(),
+            Inner::Explicit(e) => e.processes(),
+        }
     }
 
-    /// Every network namespace the demo created.
+    /// Every network namespace the demo created (none in explicit mode).
     pub fn namespaces(&self) -> Vec<String> {
-        self.mesh.node.namespaces()
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.node.namespaces(),
+            Inner::Explicit(_) => Vec::new(),
+        }
     }
 
-    /// Where the processes' logs are (removed with the demo).
+    /// Where the processes' logs are (removed with a temp work dir).
     pub fn log_dir(&self) -> &Path {
-        self.mesh.node.log_dir()
-    }
-
-    /// The address meshd serves on inside the node namespace.
-    pub fn node_ip(&self) -> Ipv4Addr {
-        NODE_IP
+        match &self.inner {
+            Inner::Netns(n) => n.mesh.node.log_dir(),
+            Inner::Explicit(e) => e.log_dir(),
+        }
     }
 }
 

@@ -166,13 +166,30 @@ impl Bins {
 
 /// The work directory: a temp dir removed on drop, or the user's.
 #[derive(Debug)]
-enum WorkDir {
+pub(crate) enum WorkDir {
     Temp(tempfile::TempDir),
     Kept(PathBuf),
 }
 
 impl WorkDir {
-    fn path(&self) -> &Path {
+    /// `dir` (created, kept) or a new temp dir (removed on drop).
+    pub(crate) fn create(dir: Option<&Path>) -> Result<WorkDir, MeshError> {
+        Ok(match dir {
+            Some(p) => {
+                std::fs::create_dir_all(p).map_err(|source| MeshError::Io {
+                    what: format!("creating {}", p.display()),
+                    source,
+                })?;
+                WorkDir::Kept(p.to_path_buf())
+            }
+            None => WorkDir::Temp(tempfile::tempdir().map_err(|source| MeshError::Io {
+                what: "creating a temp dir".into(),
+                source,
+            })?),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
         match self {
             WorkDir::Temp(t) => t.path(),
             WorkDir::Kept(p) => p,
@@ -229,19 +246,7 @@ impl NetnsMesh {
             dirs: search_dirs(),
         };
         check_all(&MESH_BINS, &bins.dirs)?;
-        let dir = match work_dir {
-            Some(p) => {
-                std::fs::create_dir_all(p).map_err(|source| MeshError::Io {
-                    what: format!("creating {}", p.display()),
-                    source,
-                })?;
-                WorkDir::Kept(p.to_path_buf())
-            }
-            None => WorkDir::Temp(tempfile::tempdir().map_err(|source| MeshError::Io {
-                what: "creating a temp dir".into(),
-                source,
-            })?),
-        };
+        let dir = WorkDir::create(work_dir)?;
         // meshd's embedded CA keeps its root and join-token key here.
         let ca_dir = dir.path().join("meshd").join("ca");
         let mut node = Node::create(label)?;

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mesh_e2e::bookshop::{Bookshop, SERVICES, reviews_canary};
-use mesh_e2e::netns::NODE_IP;
+use mesh_e2e::bookshop::{Bookshop, SERVICES, ShopMode, reviews_canary};
 
 use self::progress::Progress;
 
@@ -118,15 +117,16 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Mode::Explicit | Mode::Auto => {
             println!("meshctl demo: explicit mode ({why})");
-            eprintln!(
-                "error: the explicit (non-root) mode of the demo is not built yet; run it as root (`sudo meshctl demo`) for the netns mode"
-            );
-            return Ok(1);
         }
     }
+    let shop_mode = if mode == Mode::Netns {
+        ShopMode::Netns
+    } else {
+        ShopMode::Explicit
+    };
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(stop.clone())?;
-    let code = tokio::task::spawn_blocking(move || run_netns(&args, &stop)).await?;
+    let code = tokio::task::spawn_blocking(move || run_shop(shop_mode, &args, &stop)).await?;
     Ok(code)
 }
 
@@ -151,14 +151,14 @@ fn out(s: &str) {
     let _ = o.flush();
 }
 
-fn run_netns(args: &Args, stop: &AtomicBool) -> i32 {
+fn run_shop(mode: ShopMode, args: &Args, stop: &AtomicBool) -> i32 {
     let mut n = 0;
     let mut step = |what: &str| {
         n += 1;
         out(&format!("[{n}] {what}\n"));
     };
     let interrupted = || stop.load(Ordering::SeqCst);
-    let shop = match Bookshop::start(args.data_dir.as_deref(), &mut step, &interrupted) {
+    let shop = match Bookshop::start(mode, args.data_dir.as_deref(), &mut step, &interrupted) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -367,26 +367,38 @@ mod session {
         let me = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "meshctl".into());
-        let node = shop.node_netns();
-        let all_v2 = shop.mesh().work_dir().join("reviews-all-v2.yaml");
+        let all_v2 = shop.work_dir().join("reviews-all-v2.yaml");
         let _ = std::fs::write(&all_v2, reviews_canary(0, 100));
-        let product = shop
-            .namespaces()
-            .into_iter()
-            .find(|n| n.ends_with("productpage-v1"))
-            .unwrap_or_default();
-        let api = format!("http://{NODE_IP}:15014");
+        let api = shop.api();
         let until = match args.duration {
             Some(d) => format!("for {}s", d.as_secs()),
             None => "until Ctrl-C".into(),
         };
+        // In netns mode meshd and the pods are reachable only from the node
+        // namespace.
+        let (who, node) = match shop.node_netns() {
+            Some(ns) => (" (as root)", format!("ip netns exec {ns} ")),
+            None => ("", String::new()),
+        };
+        let through_sidecar = match (
+            shop.pod_netns("productpage-v1"),
+            shop.outbound_proxy("productpage-v1"),
+        ) {
+            (Some(ns), _) => format!(
+                "ip netns exec {ns} curl -s http://reviews:9080/reviews   # through productpage's sidecar (mTLS to reviews)"
+            ),
+            (None, Some(proxy)) => format!(
+                "curl -s -x {proxy} http://reviews:9080/reviews   # through productpage's sidecar (mTLS to reviews)"
+            ),
+            (None, None) => String::new(),
+        };
         format!(
-            "\nthe demo keeps running {until}. Try, in another terminal (as root):\n\
-             \x20 ip netns exec {node} {me} proxy-status --meshd {api}\n\
-             \x20 ip netns exec {node} {me} get virtualservice -o yaml --meshd {api}\n\
-             \x20 ip netns exec {node} {me} apply --meshd {api} -f {all}   # all of reviews to v2\n\
-             \x20 ip netns exec {product} curl -s http://reviews:9080/reviews   # through productpage's sidecar (mTLS to reviews)\n\
-             \x20 ip netns exec {node} curl -s {url}\n\n",
+            "\nthe demo keeps running {until}. Try, in another terminal{who}:\n\
+             \x20 {node}{me} proxy-status --meshd {api}\n\
+             \x20 {node}{me} get virtualservice -o yaml --meshd {api}\n\
+             \x20 {node}{me} apply --meshd {api} -f {all}   # all of reviews to v2\n\
+             \x20 {through_sidecar}\n\
+             \x20 {node}curl -s {url}\n\n",
             all = all_v2.display(),
             url = shop.productpage_url(),
         )
