@@ -4,11 +4,13 @@
 
 pub mod analyze;
 pub mod bootstrap;
+pub mod check;
 pub mod completion;
 pub mod demo;
 pub mod inject;
 pub mod install;
 pub mod manifest;
+pub mod proxy_config;
 pub mod resources;
 pub mod status;
 pub mod version;
@@ -37,6 +39,10 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// Show each connected proxy's xDS sync state.
     ProxyStatus(status::Args),
+    /// Show a proxy's listeners, routes, clusters, endpoints, secrets or bootstrap.
+    ProxyConfig(proxy_config::Args),
+    /// Check the mesh's health: meshd, its CA, clocks, proxies.
+    Check(check::Args),
     /// Print a bootstrap that points a proxy (a real Envoy) at meshd.
     Bootstrap(bootstrap::Args),
     /// Add the sidecar to Kubernetes workloads (YAML in, YAML out).
@@ -61,6 +67,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Get(a) => resources::get(a).await,
         Command::Delete(a) => resources::delete(a).await,
         Command::ProxyStatus(a) => status::run(a).await,
+        Command::ProxyConfig(a) => proxy_config::run(a).await,
+        Command::Check(a) => check::run(a).await,
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Inject(a) => inject::run(a),
         Command::Manifest(a) => manifest::run(a),
