@@ -49,6 +49,8 @@ pub enum Reply {
     Events(Vec<Value>),
     /// Never answers (a watch with nothing to say).
     Hang,
+    /// Answers with this watch stream once the test notifies.
+    After(Arc<tokio::sync::Notify>, Vec<Value>),
 }
 
 /// A client and the mock's handle.
@@ -145,6 +147,12 @@ pub fn answer(
             )
         }
         Reply::Hang => parked.push(send),
+        Reply::After(notify, events) => {
+            tokio::spawn(async move {
+                notify.notified().await;
+                answer(send, Reply::Events(events), &mut Vec::new());
+            });
+        }
     }
 }
 
