@@ -78,15 +78,7 @@ pub struct Exited {
 /// why and returns false, or panics when `MESH_E2E_REQUIRED=1` (CI), so a
 /// machine that cannot run the suite fails instead of passing quietly.
 pub fn e2e_available(test: &str) -> bool {
-    let reason = if !is_root() {
-        Some("not running as root (network namespaces and iptables need it)".to_string())
-    } else {
-        ["ip", "iptables", "setpriv"]
-            .iter()
-            .find(|tool| !on_path(tool))
-            .map(|tool| format!("`{tool}` is not installed (scripts/test.sh installs it)"))
-    };
-    match reason {
+    match netns_unavailable() {
         None => true,
         Some(why) if std::env::var("MESH_E2E_REQUIRED").as_deref() == Ok("1") => {
             panic!("{test}: MESH_E2E_REQUIRED=1 but {why}")
@@ -98,7 +90,22 @@ pub fn e2e_available(test: &str) -> bool {
     }
 }
 
-fn is_root() -> bool {
+/// Why pods as network namespaces cannot be built here (not root, or a
+/// tool missing), or `None` when they can.
+pub fn netns_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root (network namespaces and iptables need it)".to_string());
+    }
+    ["ip", "iptables", "setpriv"]
+        .iter()
+        .find(|tool| !on_path(tool))
+        .map(|tool| {
+            format!("`{tool}` is not installed (apt-get install iproute2 iptables util-linux; scripts/test.sh installs it)")
+        })
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
     // /proc/self/status has "Uid: real effective saved fs".
     fs::read_to_string("/proc/self/status")
         .ok()

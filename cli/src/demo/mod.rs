@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mesh_e2e::bookshop::{Bookshop, SERVICES, ShopMode, reviews_canary};
+use mesh_e2e::netns::netns_unavailable;
 
 use self::progress::Progress;
 
@@ -71,43 +72,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Picks the mode and says why.
-pub fn choose(requested: Mode, root: bool) -> (Mode, &'static str) {
-    match (requested, root) {
-        (Mode::Netns, _) => (Mode::Netns, "asked for with --mode netns"),
-        (Mode::Explicit, _) => (Mode::Explicit, "asked for with --mode explicit"),
-        (Mode::Auto, true) => (
+/// Picks the mode and says why, given why netns mode cannot run here
+/// (`None`: it can).
+pub fn choose(requested: Mode, netns_unavailable: Option<&str>) -> (Mode, String) {
+    match (requested, netns_unavailable) {
+        (Mode::Netns, _) => (Mode::Netns, "asked for with --mode netns".into()),
+        (Mode::Explicit, _) => (Mode::Explicit, "asked for with --mode explicit".into()),
+        (Mode::Auto, None) => (
             Mode::Netns,
-            "running as root: each workload gets its own network namespace and transparent interception",
+            "running as root: each workload gets its own network namespace and transparent interception".into(),
         ),
-        (Mode::Auto, false) => (
+        (Mode::Auto, Some(why)) => (
             Mode::Explicit,
-            "not root: sidecars in explicit mode on loopback (sudo gives the netns mode)",
+            format!("{why}: sidecars in explicit mode on loopback; as root with iproute2 and iptables the demo uses network namespaces"),
         ),
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Runs `meshctl demo`; returns the exit code.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let root = is_root();
-    let (mode, why) = choose(args.mode, root);
+    let unavailable = netns_unavailable();
+    let (mode, why) = choose(args.mode, unavailable.as_deref());
     match mode {
         Mode::Netns => {
             println!("meshctl demo: netns mode ({why})");
-            if !root {
+            if let Some(reason) = unavailable {
                 eprintln!(
-                    "error: netns mode needs root (network namespaces and iptables): run `sudo {} demo`, or `--mode explicit`",
+                    "error: netns mode cannot run here: {reason}; run `sudo {} demo`, or use `--mode explicit`",
                     std::env::current_exe()
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|_| "meshctl".into())
@@ -420,11 +411,13 @@ mod tests {
     }
 
     #[test]
-    fn auto_mode_is_netns_for_root_and_explicit_otherwise() {
-        assert_eq!(choose(Mode::Auto, true).0, Mode::Netns);
-        assert_eq!(choose(Mode::Auto, false).0, Mode::Explicit);
-        assert_eq!(choose(Mode::Explicit, true).0, Mode::Explicit);
-        assert!(choose(Mode::Auto, false).1.contains("not root"));
+    fn auto_mode_is_netns_when_possible_and_explicit_with_the_reason_otherwise() {
+        assert_eq!(choose(Mode::Auto, None).0, Mode::Netns);
+        let (mode, why) = choose(Mode::Auto, Some("not running as root"));
+        assert_eq!(mode, Mode::Explicit);
+        assert!(why.starts_with("not running as root: "), "{why}");
+        assert_eq!(choose(Mode::Explicit, None).0, Mode::Explicit);
+        assert_eq!(choose(Mode::Netns, Some("x")).0, Mode::Netns);
     }
 
     #[test]
