@@ -87,6 +87,7 @@ async fn start_ca(
     config: &Config,
     shared: &Shared,
     kube: Option<&crate::kube::KubeMode>,
+    xds: Arc<XdsState>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(SocketAddr, Arc<mesh_ca::CertificateAuthority>), StartError> {
     use mesh_ca::auth::Authenticator;
@@ -113,14 +114,37 @@ async fn start_ca(
     }
     let served = ca.clone();
     tasks.push(tokio::spawn(async move {
-        let never = std::future::pending::<()>();
-        let metrics = mesh_ca::metrics::CaMetrics::default();
-        if let Err(e) = mesh_ca::server::serve(ca, auth, metrics, listener, &opts, never).await {
-            tracing::error!(error = %e, "CA server stopped");
+        if let Err(e) = serve_tls(ca, auth, xds, listener, &opts).await {
+            tracing::error!(error = %e, "CA and xDS-over-mTLS server stopped");
         }
     }));
-    tracing::info!(%ca_addr, ca_dir = %dir.display(), "CA listening");
+    tracing::info!(%ca_addr, ca_dir = %dir.display(), "CA and xDS over mTLS listening");
     Ok((ca_addr, served))
+}
+
+/// The TLS port (15012, as Istio's): the CA, and ADS for clients that
+/// present an SVID chained to the mesh root (optional: a client without a
+/// certificate is served like on the plaintext port; one whose SPIFFE ID
+/// does not match its node metadata is refused, see
+/// [`crate::xds::authorize`]).
+async fn serve_tls(
+    ca: Arc<mesh_ca::CertificateAuthority>,
+    auth: mesh_ca::auth::Authenticator,
+    xds: Arc<XdsState>,
+    listener: tokio::net::TcpListener,
+    opts: &mesh_ca::server::ServeOptions,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tls = mesh_ca::server::tls_config(&ca, opts)?;
+    let metrics = mesh_ca::metrics::CaMetrics::default();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(mesh_ca::service::CaService::new(ca, auth, metrics).into_server())
+        .add_service(AdsService::new(xds).into_server())
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
 }
 
 /// Opens the stores, binds the listeners and spawns every task.
@@ -177,7 +201,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     });
 
     let (xds, xds_addr) = bind(config.xds_addr, "xds-addr").await?;
-    let ads = AdsService::new(XdsState::new(builder, workloads, status, metrics));
+    let xds_state = XdsState::new(builder, workloads, status, metrics);
+    let ads = AdsService::new(xds_state.clone());
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
         let res = tonic::transport::Server::builder()
@@ -195,7 +220,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
     tracing::info!(%http_addr, "management API and debug endpoints listening");
 
-    let (ca_addr, ca) = start_ca(config, &shared, kube.as_ref(), &mut tasks).await?;
+    let (ca_addr, ca) = start_ca(config, &shared, kube.as_ref(), xds_state, &mut tasks).await?;
     let webhook_addr = match &kube {
         Some(k) => Some(k.start_with_ca(&ca, &mut tasks).await?.webhook_addr),
         None => None,

@@ -559,3 +559,145 @@ async fn sotw_endpoint_change_pushes_only_endpoints() {
     assert_ne!(update.version_info, eds.version_info);
     assert_eq!(update.resources.len(), 1);
 }
+
+/// A node whose metadata names `namespace` and `service_account`.
+fn node_of(id: &str, namespace: &str, service_account: &str) -> Option<Node> {
+    use mesh_proto::envoy::pb::google::protobuf::{Struct, Value, value::Kind};
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    Some(Node {
+        id: id.into(),
+        cluster: "test".into(),
+        metadata: Some(Struct {
+            fields: [
+                ("NAMESPACE".to_string(), s(namespace)),
+                ("SERVICE_ACCOUNT".to_string(), s(service_account)),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// A channel to meshd's TLS port presenting an SVID for `spiffe_id`,
+/// issued by meshd's CA.
+async fn mtls_channel(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    spiffe_id: &str,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let ca = mesh_ca::CertificateAuthority::load_or_init(
+        &dir.join("ca"),
+        "cluster.local",
+        mesh_ca::IssuePolicy::default(),
+    )
+    .unwrap();
+    let svid = ca
+        .issue_with_new_key(&spiffe_id.parse().unwrap(), None)
+        .unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.trust_bundle().pem()))
+        .identity(Identity::from_pem(
+            svid.cert.chain_pem.concat(),
+            svid.key_pem,
+        ))
+        .domain_name("mesh-ca");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn xds_over_mtls_serves_the_svids_own_identity_and_refuses_another() {
+    let (dir, meshd) = start().await;
+    let channel = mtls_channel(
+        dir.path(),
+        meshd.ca_addr,
+        "spiffe://cluster.local/ns/shop/sa/reviews",
+    )
+    .await;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    // Delta, matching identity: config flows.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node_of("reviews-1", "shop", "reviews"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first
+            .resources
+            .iter()
+            .any(|r| r.name == "outbound|80||backend.default.svc.cluster.local")
+    );
+    // Delta and SotW, claiming another service account: refused.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node_of("ratings-1", "shop", "ratings"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut refused = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(10), refused.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        err.message()
+            .contains("spiffe://cluster.local/ns/shop/sa/reviews"),
+        "{err}"
+    );
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node_of("ratings-1", "other", "reviews"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut refused = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(10), refused.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // The plaintext port keeps serving without a certificate.
+    let mut plain = Client::connect(meshd.xds_addr).await;
+    plain
+        .send(DiscoveryRequest {
+            node: node_of("ratings-1", "shop", "ratings"),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(!plain.recv().await.resources.is_empty());
+}

@@ -76,6 +76,7 @@ pub async fn run(
     state: Arc<XdsState>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<WireResponse, Status>>,
+    peer: Option<mesh_ca::SpiffeId>,
 ) {
     let first = match requests.message().await {
         Ok(Some(r)) => r,
@@ -90,6 +91,10 @@ pub async fn run(
         return;
     };
     let proxy = ProxyNode::from_node(node);
+    if let Err(status) = super::authorize(peer.as_ref(), &proxy) {
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     let guard = state.open(&proxy, "delta");
     let mut snapshots = state.builder.subscribe();
     let snapshot = snapshots.borrow_and_update().clone();

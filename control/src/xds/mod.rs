@@ -276,8 +276,14 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = peer_identity(request.extensions());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(self.state.clone(), request.into_inner(), tx));
+        tokio::spawn(sotw::run(
+            self.state.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -287,8 +293,14 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         // Reached only when the service is used without `into_server`'s
         // wrapper: decode the shared parts back into messages.
+        let peer = peer_identity(request.extensions());
         let (tx, mut wire_rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(self.state.clone(), request.into_inner(), tx));
+        tokio::spawn(delta::run(
+            self.state.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             while let Some(item) = wire_rx.recv().await {
@@ -311,6 +323,34 @@ fn class_key(p: &ProxyNode) -> String {
         "{}|{:?}|{:?}|{:?}|{:?}",
         p.namespace, p.labels, p.interception, p.outbound_port, p.service_ports
     )
+}
+
+/// The SPIFFE ID of a verified client certificate, from a request's
+/// extensions (set by tonic's TLS acceptor; none on the plaintext port or
+/// when the client presented no certificate).
+pub fn peer_identity(ext: &http::Extensions) -> Option<mesh_ca::SpiffeId> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = ext
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())?;
+    mesh_ca::verifier::spiffe_id_of_cert(certs.first()?)
+}
+
+/// Refuses a stream whose client certificate names another workload than
+/// its node metadata (`NAMESPACE`, `SERVICE_ACCOUNT`): over mTLS a proxy
+/// may only ask for its own identity's config.
+pub fn authorize(peer: Option<&mesh_ca::SpiffeId>, proxy: &ProxyNode) -> Result<(), Status> {
+    let Some(id) = peer else {
+        return Ok(());
+    };
+    if id.namespace() == proxy.namespace && id.service_account() == proxy.service_account {
+        return Ok(());
+    }
+    tracing::warn!(node = %proxy.id, spiffe_id = %id, namespace = %proxy.namespace, service_account = %proxy.service_account, "xDS stream refused: client certificate does not match node metadata");
+    Err(Status::permission_denied(format!(
+        "client certificate {id} does not match the node metadata (namespace {:?}, service account {:?})",
+        proxy.namespace, proxy.service_account
+    )))
 }
 
 /// Whether meshd serves this type URL.

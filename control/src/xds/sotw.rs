@@ -45,6 +45,7 @@ pub async fn run(
     state: Arc<XdsState>,
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    peer: Option<mesh_ca::SpiffeId>,
 ) {
     let first = match requests.message().await {
         Ok(Some(r)) => r,
@@ -63,6 +64,10 @@ pub async fn run(
         return;
     };
     let proxy = ProxyNode::from_node(node);
+    if let Err(status) = super::authorize(peer.as_ref(), &proxy) {
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     let guard = state.open(&proxy, "sotw");
     let mut snapshots = state.builder.subscribe();
     let snapshot = snapshots.borrow_and_update().clone();

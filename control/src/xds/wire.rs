@@ -246,10 +246,11 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsServer {
         if req.uri().path() != DELTA_PATH {
             return Box::pin(self.inner.call(req));
         }
+        let peer = super::peer_identity(req.extensions());
         let requests =
             Streaming::new_request(RequestDecoder, req.into_body(), None, Some(MAX_REQUEST));
         let (tx, rx) = mpsc::channel(super::STREAM_BUFFER);
-        tokio::spawn(super::delta::run(self.state.clone(), requests, tx));
+        tokio::spawn(super::delta::run(self.state.clone(), requests, tx, peer));
         let mut resp = http::Response::new(tonic::body::Body::new(DeltaBody::new(rx)));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
