@@ -13,7 +13,10 @@ use mesh_model::networking::{
 use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection,
     circuit_breakers::Thresholds,
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    cluster::{
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+        MaglevLbConfig, RingHashLbConfig,
+    },
 };
 use mesh_proto::envoy::pb::envoy::config::core::v3::{
     Address, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, SocketAddress,
@@ -30,7 +33,8 @@ use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use mesh_proto::envoy::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use mesh_proto::envoy::pb::google::protobuf::UInt32Value;
+use mesh_proto::envoy::pb::envoy::r#type::v3::Percent;
+use mesh_proto::envoy::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::{Context, Generated, ads_source, istio_duration, pack, pb_duration};
 use crate::node::Interception;
@@ -145,6 +149,15 @@ fn outbound_cluster(
         lb_policy: lb_policy(lb) as i32,
         circuit_breakers: pool.map(circuit_breakers),
         outlier_detection: outlier.map(outlier_detection),
+        lb_config: lb.and_then(hash_lb_config),
+        // Istio: with outlier detection, panic starts below
+        // minHealthPercent (default 0: never).
+        common_lb_config: outlier.map(|o| CommonLbConfig {
+            healthy_panic_threshold: Some(Percent {
+                value: f64::from(o.min_health_percent.unwrap_or(0).clamp(0, 100)),
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let mut http_opts = http_options(pool, port.protocol);
@@ -175,6 +188,25 @@ fn lb_policy(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
         Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
         _ => LbPolicy::LeastRequest,
     }
+}
+
+/// Ring size or Maglev table size of a consistent-hash policy.
+fn hash_lb_config(lb: &LoadBalancerSettings) -> Option<LbConfig> {
+    let ch = lb.consistent_hash.as_ref()?;
+    if let Some(m) = &ch.maglev {
+        return Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+            table_size: m.table_size.map(|value| UInt64Value { value }),
+        }));
+    }
+    let ring = ch
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .or(ch.minimum_ring_size);
+    Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+        minimum_ring_size: ring.map(|value| UInt64Value { value }),
+        ..Default::default()
+    }))
 }
 
 fn u32v(v: Option<i32>) -> Option<UInt32Value> {
@@ -440,5 +472,52 @@ spec:
         assert!(cfg[CLUSTER_TYPE].contains_key(&format!("outbound|80|v1|{host}")));
         assert!(cfg[CLUSTER_TYPE].contains_key("PassthroughCluster"));
         assert!(cfg[CLUSTER_TYPE].contains_key("BlackHoleCluster"));
+    }
+
+    const HASHED: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}}
+    outlierDetection: {consecutive5xxErrors: 2, minHealthPercent: 40}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1009}}}}}
+";
+
+    #[tokio::test]
+    async fn consistent_hash_and_min_health_percent_become_lb_config_and_panic_threshold() {
+        let snap = snapshot(HASHED).await;
+        let cfg = generate(&snap, &proxy());
+        let host = "backend.default.svc.cluster.local";
+        let all = cluster(&cfg, &format!("outbound|80||{host}"));
+        assert_eq!(all.lb_policy, LbPolicy::RingHash as i32);
+        let Some(LbConfig::RingHashLbConfig(ring)) = all.lb_config else {
+            panic!("ring hash config expected: {:?}", all.lb_config)
+        };
+        assert_eq!(ring.minimum_ring_size.unwrap().value, 2048);
+        let panic = all
+            .common_lb_config
+            .unwrap()
+            .healthy_panic_threshold
+            .unwrap();
+        assert_eq!(panic.value, 40.0);
+        let v1 = cluster(&cfg, &format!("outbound|80|v1|{host}"));
+        assert_eq!(v1.lb_policy, LbPolicy::Maglev as i32);
+        let Some(LbConfig::MaglevLbConfig(m)) = v1.lb_config else {
+            panic!("maglev config expected")
+        };
+        assert_eq!(m.table_size.unwrap().value, 1009);
+        // No outlier detection on the subset's own policy: no panic setting.
+        assert!(v1.common_lb_config.is_none());
     }
 }

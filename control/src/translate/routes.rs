@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use mesh_model::common::StringMatch;
 use mesh_model::naming;
 use mesh_model::networking::{
-    Destination, HeaderOperations, HttpFaultInjection, HttpMatchRequest, HttpRoute,
-    VirtualServiceSpec,
+    ConsistentHashLb, Destination, HeaderOperations, HttpFaultInjection, HttpMatchRequest,
+    HttpRoute, VirtualServiceSpec,
 };
 use mesh_model::{Object, host};
 use mesh_proto::envoy::pb::envoy::config::core::v3::{
@@ -20,7 +20,8 @@ use mesh_proto::envoy::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    redirect_action, route, route_action, route_action::RequestMirrorPolicy, route_match,
+    redirect_action, route, route_action, route_action::HashPolicy,
+    route_action::RequestMirrorPolicy, route_action::hash_policy, route_match,
     weighted_cluster::ClusterWeight,
 };
 use mesh_proto::envoy::pb::envoy::extensions::filters::common::fault::v3::{
@@ -150,6 +151,7 @@ fn virtual_host(
                 naming::outbound_cluster_name(port, None, &s.host),
             )),
             timeout: Some(PbDuration::default()),
+            hash_policy: hash_policy(ctx, &s.host, None, port),
             ..Default::default()
         })),
         ..Default::default()
@@ -394,31 +396,132 @@ fn action(ctx: &Context<'_>, ns: &str, r: &HttpRoute, port: u32, _svc: &Service)
         });
     }
     let rewrite = r.rewrite.as_ref();
+    // Consistent hashing when every destination's DestinationRule asks for
+    // the same key (a weighted split over differently hashed subsets gets
+    // none, as the key could not be honoured by all).
+    let hashes: Vec<Vec<HashPolicy>> = r
+        .route
+        .iter()
+        .map(|d| {
+            let h = host::fqdn(&d.destination.host, ns, CLUSTER_DOMAIN);
+            let p = d.destination.port.as_ref().map_or(port, |p| p.number);
+            hash_policy(ctx, &h, d.destination.subset.as_deref(), p)
+        })
+        .collect();
+    let hash_policy = match hashes.split_first() {
+        Some((first, rest)) if rest.iter().all(|h| h == first) => first.clone(),
+        _ => Vec::new(),
+    };
+    let (retry_on, retriable_status_codes) = r
+        .retries
+        .as_ref()
+        .map(|x| retry_conditions(x.retry_on.as_deref()))
+        .unwrap_or_default();
     route::Action::Route(RouteAction {
+        hash_policy,
         cluster_specifier: Some(specifier),
         // Istio disables Envoy's 15 s default: no timeout unless asked.
         timeout: Some(istio_duration(r.timeout.as_ref()).unwrap_or_default()),
-        retry_policy: r.retries.as_ref().filter(|x| x.attempts > 0).map(|x| RetryPolicy {
-            retry_on: x
-                .retry_on
-                .clone()
-                .unwrap_or_else(|| "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()),
-            num_retries: Some(UInt32Value { value: x.attempts as u32 }),
-            per_try_timeout: istio_duration(x.per_try_timeout.as_ref()),
-            ..Default::default()
-        }),
+        retry_policy: r
+            .retries
+            .as_ref()
+            .filter(|x| x.attempts > 0)
+            .map(|x| RetryPolicy {
+                retry_on,
+                retriable_status_codes,
+                num_retries: Some(UInt32Value {
+                    value: x.attempts as u32,
+                }),
+                per_try_timeout: istio_duration(x.per_try_timeout.as_ref()),
+                ..Default::default()
+            }),
         prefix_rewrite: rewrite.and_then(|w| w.uri.clone()).unwrap_or_default(),
-        regex_rewrite: rewrite.and_then(|w| w.uri_regex_rewrite.as_ref()).map(|rr| {
-            RegexMatchAndSubstitute {
+        regex_rewrite: rewrite
+            .and_then(|w| w.uri_regex_rewrite.as_ref())
+            .map(|rr| RegexMatchAndSubstitute {
                 pattern: Some(regex(&rr.matches)),
                 substitution: rr.rewrite.clone(),
-            }
-        }),
+            }),
         host_rewrite_specifier: rewrite
             .and_then(|w| w.authority.clone())
             .map(route_action::HostRewriteSpecifier::HostRewriteLiteral),
         request_mirror_policies: mirrors,
         ..Default::default()
+    })
+}
+
+/// Istio's `retryOn`: Envoy conditions, plus HTTP status codes that become
+/// `retriable_status_codes` under `retriable-status-codes`. Unset: Istio's
+/// default conditions, with 503 as the retriable status.
+fn retry_conditions(retry_on: Option<&str>) -> (String, Vec<u32>) {
+    const DEFAULT: &str =
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+    let Some(on) = retry_on.filter(|s| !s.trim().is_empty()) else {
+        return (DEFAULT.into(), vec![503]);
+    };
+    let mut conditions: Vec<String> = Vec::new();
+    let mut codes = Vec::new();
+    for c in on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match c.parse::<u32>() {
+            Ok(code) => codes.push(code),
+            Err(_) => conditions.push(c.to_string()),
+        }
+    }
+    if !codes.is_empty() && !conditions.iter().any(|c| c == "retriable-status-codes") {
+        conditions.push("retriable-status-codes".into());
+    }
+    (conditions.join(","), codes)
+}
+
+/// The route `hash_policy` for traffic to `host` (subset, port) from its
+/// DestinationRule's `loadBalancer.consistentHash` (port-level settings
+/// first, then the subset's policy, then the top-level one).
+fn hash_policy(ctx: &Context<'_>, host: &str, subset: Option<&str>, port: u32) -> Vec<HashPolicy> {
+    let Some(dr) = ctx.destination_rules.get(host) else {
+        return Vec::new();
+    };
+    let top = dr.spec.traffic_policy.as_ref();
+    let policy = subset
+        .and_then(|n| dr.spec.subsets.iter().find(|s| s.name == n))
+        .and_then(|s| s.traffic_policy.as_ref())
+        .or(top);
+    let lb = policy.and_then(|p| {
+        p.port_level_settings
+            .iter()
+            .find(|s| s.port.as_ref().is_some_and(|x| x.number == port))
+            .and_then(|s| s.load_balancer.as_ref())
+            .or(p.load_balancer.as_ref())
+    });
+    lb.and_then(|l| l.consistent_hash.as_ref())
+        .and_then(consistent_hash)
+        .into_iter()
+        .collect()
+}
+
+fn consistent_hash(ch: &ConsistentHashLb) -> Option<HashPolicy> {
+    use hash_policy::PolicySpecifier as P;
+    let spec = if let Some(h) = &ch.http_header_name {
+        P::Header(hash_policy::Header {
+            header_name: h.clone(),
+            regex_rewrite: None,
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        P::Cookie(hash_policy::Cookie {
+            name: c.name.clone(),
+            ttl: istio_duration(c.ttl.as_ref()),
+            path: c.path.clone().unwrap_or_default(),
+            attributes: Vec::new(),
+        })
+    } else if ch.use_source_ip == Some(true) {
+        P::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        P::QueryParameter(hash_policy::QueryParameter { name: q.clone() })
+    } else {
+        return None;
+    };
+    Some(HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
     })
 }
 
@@ -579,5 +682,85 @@ spec:
         assert_eq!(all.len(), n, "duplicate domains would be NACKed");
         assert!(all.iter().any(|d| *d == "two:81"));
         assert!(all.iter().any(|d| *d == "two"));
+    }
+
+    const HASHED: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  ports: [{number: 80, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpCookie: {name: sticky, ttl: 60s, path: /}}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {httpQueryParameterName: u}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{uri: {prefix: /v2}}]
+    retries: {attempts: 2, retryOn: '503,reset'}
+    route: [{destination: {host: backend, subset: v2}}]
+  - match: [{uri: {prefix: /split}}]
+    route:
+    - {destination: {host: backend, subset: v1}, weight: 50}
+    - {destination: {host: backend, subset: v2}, weight: 50}
+";
+
+    fn forward(rc: &RouteConfiguration, name: &str) -> RouteAction {
+        let r = rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name}"));
+        let Some(route::Action::Route(ra)) = &r.action else {
+            panic!("{name} forwards")
+        };
+        ra.clone()
+    }
+
+    #[tokio::test]
+    async fn consistent_hash_becomes_the_route_hash_policy_and_status_codes_retriable() {
+        use hash_policy::PolicySpecifier as P;
+        let snap = snapshot(HASHED).await;
+        let cfg = generate(&snap, &proxy());
+        let rc = config(&cfg, "80");
+        let default = forward(&rc, "default");
+        let Some(P::Cookie(c)) = &default.hash_policy[0].policy_specifier else {
+            panic!("cookie hash expected: {:?}", default.hash_policy)
+        };
+        assert_eq!((c.name.as_str(), c.path.as_str()), ("sticky", "/"));
+        assert_eq!(c.ttl.unwrap().seconds, 60);
+        let v2 = forward(&rc, "backend.0");
+        let Some(P::QueryParameter(q)) = &v2.hash_policy[0].policy_specifier else {
+            panic!("query hash expected")
+        };
+        assert_eq!(q.name, "u");
+        let retry = v2.retry_policy.unwrap();
+        assert_eq!(retry.retry_on, "reset,retriable-status-codes");
+        assert_eq!(retry.retriable_status_codes, vec![503]);
+        // v1 (cookie) and v2 (query) disagree: a split gets no hash policy.
+        assert!(forward(&rc, "backend.1").hash_policy.is_empty());
+    }
+
+    #[test]
+    fn retry_on_defaults_to_istios_conditions_with_503_retriable() {
+        let (on, codes) = retry_conditions(None);
+        assert_eq!(
+            on,
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
+        assert_eq!(codes, vec![503]);
+        assert_eq!(retry_conditions(Some("5xx")), ("5xx".to_string(), vec![]));
     }
 }
