@@ -1,0 +1,220 @@
+//! meshd's Kubernetes mode serving the admission webhooks: a serving
+//! certificate from the embedded CA for meshd's Service names, real
+//! `AdmissionReview`s over HTTPS, and (as the elected leader) the CA's root
+//! written into the webhook configurations' `caBundle`.
+
+mod kube_support;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::Parser as _;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use kube_support::{Reply, eventually, list, pair, serve, status};
+use mesh_control::config::Config;
+use mesh_control::kube::KubeMode;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+/// The recorded reviews the webhook crate's tests use.
+fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../webhook/tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn webhook_config(kind: &str, names: &[&str]) -> Value {
+    let webhooks: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n,
+                "clientConfig": {"service": {"name": "meshd", "namespace": "mesh-system", "path": "/inject", "port": 15017}},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "*"}],
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": "x", "resourceVersion": "300", "uid": "0f0e0d0c-0b0a-0908-0706-050403020100",
+                     "generation": 1, "creationTimestamp": "2026-11-24T09:00:00Z"},
+        "webhooks": webhooks
+    })
+}
+
+/// Answers like an API server with an empty cluster, meshd's webhook
+/// configurations and no Lease yet.
+fn route(req: &kube_support::Seen) -> Reply {
+    let p = req.path.as_str();
+    match req.method {
+        Method::GET if p.ends_with("/leases/meshd-leader") => {
+            Reply::Json(404, status(404, "NotFound", "not found"))
+        }
+        Method::POST if p.ends_with("/leases") => Reply::Json(201, req.body.clone()),
+        Method::GET if p.ends_with("/mutatingwebhookconfigurations/mesh-sidecar-injector") => {
+            Reply::Json(
+                200,
+                webhook_config(
+                    "MutatingWebhookConfiguration",
+                    &[
+                        "namespace.sidecar-injector.mesh.dev",
+                        "istio-namespace.sidecar-injector.mesh.dev",
+                    ],
+                ),
+            )
+        }
+        Method::GET if p.ends_with("/validatingwebhookconfigurations/mesh-validator") => {
+            Reply::Json(
+                200,
+                webhook_config("ValidatingWebhookConfiguration", &["validation.mesh.dev"]),
+            )
+        }
+        Method::PUT => Reply::Json(200, req.body.clone()),
+        Method::GET if req.is_watch() => Reply::Hang,
+        Method::GET if p == "/api/v1/namespaces" => {
+            Reply::Json(200, list("v1", "Namespace", "1", vec![]))
+        }
+        Method::GET if p == "/api/v1/configmaps" => {
+            Reply::Json(200, list("v1", "ConfigMap", "1", vec![]))
+        }
+        _ => Reply::Json(404, status(404, "NotFound", "not found")),
+    }
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    root: &CertificateDer<'static>,
+    path: &str,
+    review: &Value,
+) -> (StatusCode, Value) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // The API server calls the Service by name: the certificate must match.
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("meshd.mesh-system.svc").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("https://meshd.mesh-system.svc{path}?timeout=10s"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(review).unwrap())))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bundle() {
+    mesh_control::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::parse_from([
+        "meshd",
+        "--kubernetes",
+        "--namespace",
+        "mesh-system",
+        "--pod-name",
+        "meshd-0",
+        "--webhook-addr",
+        "127.0.0.1:0",
+    ]);
+    let ca = mesh_ca::CertificateAuthority::load_or_init(
+        &data.path().join("ca"),
+        "cluster.local",
+        mesh_ca::IssuePolicy::default(),
+    )
+    .unwrap();
+    let root_pem = ca.trust_bundle().pem();
+    let root = CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap();
+    let (client, handle) = pair();
+    let (seen, _server) = serve(handle, route);
+    let mode = KubeMode::with_client(client, &config);
+    let mut tasks = Vec::new();
+    let started = mode.start_with_ca(&ca, &mut tasks).await.unwrap();
+
+    // A pod of a ReplicaSet is injected with meshd's addresses in the pod's view.
+    let review = fixture("pod-create-replicaset.json");
+    let (code, answer) = post(started.webhook_addr, &root, "/inject", &review).await;
+    assert_eq!(code, StatusCode::OK);
+    let response = &answer["response"];
+    assert_eq!(response["uid"], review["request"]["uid"]);
+    assert_eq!(response["allowed"], true, "{response}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(patch.contains("meshd.mesh-system.svc:15012"), "{patch}");
+
+    // An invalid VirtualService is refused with the model's field path.
+    let review = fixture("virtualservice-bad-weight.json");
+    let (code, answer) = post(started.webhook_addr, &root, "/validate", &review).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("spec.http[0]"), "{message}");
+
+    // Elected (the Lease was free), meshd writes its root into every webhook.
+    let mut leader = started.leader.clone();
+    leader.wait_for(|l| *l).await.unwrap();
+    eventually("both configurations replaced", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == Method::PUT)
+            .count()
+            == 2
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    let puts: Vec<_> = seen.iter().filter(|r| r.method == Method::PUT).collect();
+    let want = base64::engine::general_purpose::STANDARD.encode(root_pem.as_bytes());
+    let mut paths = Vec::new();
+    for put in puts {
+        paths.push(put.path.clone());
+        assert_eq!(put.body["metadata"]["resourceVersion"], "300");
+        for w in put.body["webhooks"].as_array().unwrap() {
+            assert_eq!(
+                w["clientConfig"]["caBundle"],
+                want.as_str(),
+                "{}",
+                w["name"]
+            );
+        }
+    }
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-sidecar-injector",
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/mesh-validator",
+        ]
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
