@@ -3,6 +3,7 @@
 //! tests and benchmarks can run them in-process as well as through their
 //! binaries; `netns` builds pods as network namespaces for the e2e suite.
 
+pub mod bench;
 pub mod bins;
 pub mod bookshop;
 pub mod demo;

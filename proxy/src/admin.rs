@@ -51,7 +51,9 @@ pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
     }
 }
 
-fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+/// The answer of `role`'s port to `req` (the health port's
+/// `/app-health/...` paths are served by [`crate::health`] first).
+pub fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     let config = shared.config.borrow().clone();
     let has_config = config.is_ready();
     let has_svid = !shared
@@ -98,6 +100,14 @@ fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<Pro
             shared.draining.send_replace(true);
             text(StatusCode::OK, "OK: listeners stopped accepting\n")
         }
+        (Role::Admin, "/drain") => text(
+            StatusCode::OK,
+            format!(
+                "{{\"draining\":{},\"active_connections\":{}}}\n",
+                *shared.draining.borrow(),
+                shared.active_connections()
+            ),
+        ),
         (Role::Admin, "/quitquitquit") if req.method() == http::Method::POST => {
             shared.quit.notify_one();
             text(StatusCode::OK, "OK: draining, then exiting\n")

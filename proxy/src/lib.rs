@@ -5,9 +5,14 @@
 
 pub mod admin;
 pub mod agent;
+pub mod app_probe;
+pub mod cert_files;
 pub mod config;
+pub mod drain;
+pub mod health;
 pub mod http;
 pub mod identity;
+pub mod labels;
 pub mod lb;
 pub mod listener;
 pub mod metrics;

@@ -23,6 +23,19 @@ enum Command {
     /// Write (or print with --dry-run, or remove with --cleanup) the
     /// iptables interception rules in the current network namespace.
     Init(mesh_intercept::InitArgs),
+    /// Ask the local proxy to stop accepting and wait until its connections
+    /// close (the injected preStop hook).
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DrainArgs {
+    /// The proxy's admin port (127.0.0.1).
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 15000)]
+    admin_port: u16,
+    /// Seconds to wait for open connections to close.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 5)]
+    timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +83,10 @@ struct RunArgs {
     /// Labels, `k=v,k2=v2`.
     #[arg(long, env = "LABELS", default_value = "")]
     labels: String,
+    /// Downward-API labels file (`key="value"` per line); read at start and
+    /// merged over `--labels`.
+    #[arg(long, env = "LABELS_PATH")]
+    labels_path: Option<std::path::PathBuf>,
     /// Service name.
     #[arg(long, env = "SERVICE_NAME", default_value = "")]
     service_name: String,
@@ -100,6 +117,16 @@ struct RunArgs {
     /// Prometheus port.
     #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 15090)]
     prometheus_port: u16,
+    /// Merged (proxy + app) metrics port, Istio's status port.
+    #[arg(long, env = "STATUS_PORT", default_value_t = 15020)]
+    status_port: u16,
+    /// The app's probes as injection rewrote them (JSON, path → probe).
+    #[arg(long, env = "MESH_KUBE_APP_PROBERS", default_value = "")]
+    app_probers: String,
+    /// The app's own `prometheus.io/*` annotations as JSON
+    /// (`{"scrape":"true","port":"9090","path":"/metrics"}`), merged on the status port.
+    #[arg(long, env = "MESH_PROMETHEUS_ANNOTATIONS", default_value = "")]
+    app_metrics: String,
     /// Seconds SIGTERM waits for open connections.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 5)]
     drain_timeout: u64,
@@ -124,6 +151,13 @@ struct RunArgs {
     svid_ttl: Option<u64>,
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+    /// Directory with `cert-chain.pem`, `key.pem` and `root-cert.pem`: a
+    /// fixed SVID instead of the CA (loaded once, not rotated).
+    #[arg(long, env = "CERT_DIR", conflicts_with = "ca_address")]
+    cert_dir: Option<std::path::PathBuf>,
+    /// Worker threads of the data path (Istio's `--concurrency`).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// `LOG_FORMAT=json` for JSON logs.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -140,7 +174,23 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Installs the subscriber and returns the `/logging` control.
+/// The pod labels in a downward-API file. A missing file is not an error
+/// (the volume may be absent outside Kubernetes): the proxy runs without them.
+fn read_labels_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => mesh_proxy::labels::parse(&text)
+            .with_context(|| format!("--labels-path {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "mesh-proxy: --labels-path {} does not exist; no pod labels",
+                path.display()
+            );
+            Ok(BTreeMap::new())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading --labels-path {}", path.display())),
+    }
+}
+
 /// The CA client's settings, when `--ca-address` is given.
 fn identity(
     args: &RunArgs,
@@ -200,14 +250,36 @@ fn main() -> anyhow::Result<()> {
             print!("{}", mesh_intercept::run_init(&args)?);
             Ok(())
         }
+        Command::Drain(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let left = rt.block_on(mesh_proxy::drain::drain(
+                args.admin_port,
+                Duration::from_secs(args.timeout),
+            ))?;
+            if left > 0 {
+                eprintln!(
+                    "mesh-proxy drain: {left} connection(s) still open after {}s",
+                    args.timeout
+                );
+            } else {
+                eprintln!("mesh-proxy drain: drained");
+            }
+            Ok(())
+        }
         Command::Run(args) => {
             let log_control = init_tracing(args.log_format == "json");
+            let mut labels = parse_labels(&args.labels)?;
+            if let Some(path) = &args.labels_path {
+                labels.extend(read_labels_file(path)?);
+            }
             let node = NodeIdentity {
                 id: args.node_id.clone(),
                 namespace: args.namespace.clone(),
                 service_account: args.service_account.clone(),
                 workload_name: args.workload_name.clone(),
-                labels: parse_labels(&args.labels)?,
+                labels,
                 instance_ips: args.instance_ip.split(',').map(str::to_owned).collect(),
                 cluster_id: args.cluster_id.clone(),
                 service_name: args.service_name.clone(),
@@ -222,6 +294,11 @@ fn main() -> anyhow::Result<()> {
             cfg.admin.set_port(args.admin_port);
             cfg.health.set_port(args.health_port);
             cfg.prometheus.set_port(args.prometheus_port);
+            cfg.status.set_port(args.status_port);
+            cfg.app_probers = mesh_proxy::app_probe::AppProbers::parse(&args.app_probers)?;
+            cfg.app_metrics =
+                mesh_proxy::health::AppMetrics::from_annotations(&args.app_metrics)
+                    .context("MESH_PROMETHEUS_ANNOTATIONS / --app-metrics must be JSON")?;
             cfg.outbound_port = args.outbound_port;
             cfg.inbound_port = args.inbound_port;
             cfg.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -232,7 +309,13 @@ fn main() -> anyhow::Result<()> {
                     )?;
             cfg.principal = spiffe_id.to_string();
             cfg.identity = identity(&args, spiffe_id)?;
+            if let Some(dir) = &args.cert_dir {
+                let svid = mesh_proxy::cert_files::load(dir)
+                    .with_context(|| format!("--cert-dir {}", dir.display()))?;
+                cfg.static_svid = Some(std::sync::Arc::new(svid));
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.concurrency.into())
                 .enable_all()
                 .build()?;
             rt.block_on(run(cfg, Some(log_control)))?;
@@ -265,5 +348,32 @@ mod tests {
             Cli::try_parse_from(["mesh-proxy", "run", "--interception-mode", "tproxy"]).is_ok()
         );
         assert!(parse_labels("novalue").is_err());
+    }
+
+    #[test]
+    fn concurrency_defaults_to_two_workers_and_refuses_zero() {
+        let Command::Run(args) = Cli::try_parse_from(["mesh-proxy", "run"]).unwrap().command else {
+            panic!("run expected")
+        };
+        assert_eq!(args.concurrency, 2);
+        let Command::Run(args) = Cli::try_parse_from(["mesh-proxy", "run", "--concurrency", "1"])
+            .unwrap()
+            .command
+        else {
+            panic!("run expected")
+        };
+        assert_eq!(args.concurrency, 1);
+        assert!(Cli::try_parse_from(["mesh-proxy", "run", "--concurrency", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "mesh-proxy",
+                "run",
+                "--cert-dir",
+                "/x",
+                "--ca-address",
+                "https://a"
+            ])
+            .is_err()
+        );
     }
 }
