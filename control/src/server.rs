@@ -176,7 +176,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tracing::info!(store = %store.describe(), "config store open");
     let workloads = Arc::new(Workloads::new(config.workload_grace));
     if let Some(k) = &kube {
-        k.spawn_registry(workloads.clone(), &mut tasks);
+        k.start_registry(workloads.clone(), &mut tasks).await;
     }
     let builder = SnapshotBuilder::new(store.clone(), workloads.clone(), vips);
     let metrics = Arc::new(Metrics::new());

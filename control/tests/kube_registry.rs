@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use kube_support::{Reply, eventually, list, pair, serve};
+use kube_support::{Reply, list, pair, serve};
 use mesh_control::kube::KubeStore;
 use mesh_control::registry::{Health, Protocol, TLS_MODE_LABEL, Workloads};
 use mesh_control::snapshot::SnapshotBuilder;
@@ -151,12 +151,11 @@ async fn services_and_slices_become_snapshot_services_with_cluster_ips() {
         }
     });
     let workloads = Arc::new(Workloads::new(Duration::from_secs(60)));
-    let (_stores, tasks) =
+    let (registry, tasks) =
         mesh_control::kube::registry::spawn(&client, "cluster.local".into(), workloads.clone());
-    eventually("the registry to be built", || {
-        !workloads.platform_services().is_empty()
-    })
-    .await;
+    let mut ready = registry.ready.clone();
+    ready.wait_for(|r| *r).await.unwrap();
+    assert!(!workloads.platform_services().is_empty());
 
     let builder = SnapshotBuilder::new(
         Arc::new(KubeStore::new()),

@@ -354,3 +354,50 @@ impl ConfigStore for KubeStore {
         "kubernetes".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "7"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn invalid_custom_resource_is_reported_with_its_name_and_field_path() {
+        let bad = object(
+            serde_json::json!({"hosts": ["reviews"], "http": [{"route": [
+            {"destination": {"host": "reviews"}, "weight": 70},
+            {"destination": {"host": "ratings"}, "weight": 20}]}]}),
+        );
+        let err = convert(Kind::VirtualService, bad).unwrap_err();
+        assert!(err.starts_with("VirtualService shop/reviews: "), "{err}");
+        assert!(err.contains("spec.http[0]"), "{err}");
+        let typo = object(serde_json::json!({"hostz": ["reviews"]}));
+        let err = convert(Kind::VirtualService, typo).unwrap_err();
+        assert!(err.contains("hostz"), "{err}");
+    }
+
+    #[test]
+    fn invalid_update_keeps_the_last_valid_version() {
+        let store = KubeStore::new();
+        let good = object(
+            serde_json::json!({"hosts": ["reviews"], "http": [{"route": [
+            {"destination": {"host": "reviews"}}]}]}),
+        );
+        store.replace_kind(Kind::VirtualService, vec![good]);
+        store.apply_object(
+            Kind::VirtualService,
+            object(serde_json::json!({"hostz": ["reviews"]})),
+        );
+        let s = store.inner.state.read().unwrap();
+        let kept = s.objects.values().next().unwrap();
+        assert_eq!(kept.object["spec"]["hosts"][0], "reviews");
+    }
+}

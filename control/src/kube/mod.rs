@@ -182,14 +182,27 @@ impl KubeMode {
         store
     }
 
-    /// Starts the Kubernetes registry feeding `workloads`.
-    pub fn spawn_registry(
+    /// Starts the Kubernetes registry feeding `workloads` and waits until
+    /// it has listed everything (logging every 10 s while it has not), so
+    /// proxies never get a snapshot without the cluster's services.
+    pub async fn start_registry(
         &self,
         workloads: Arc<Workloads>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    ) {
-        let (_, t) = registry::spawn(&self.client, self.cluster_domain.clone(), workloads);
+    ) -> registry::Registry {
+        let (reg, t) = registry::spawn(&self.client, self.cluster_domain.clone(), workloads);
         tasks.extend(t);
+        let mut ready = reg.ready.clone();
+        loop {
+            let wait = ready.wait_for(|r| *r);
+            match tokio::time::timeout(Duration::from_secs(10), wait).await {
+                Ok(_) => break,
+                Err(_) => tracing::warn!(
+                    "waiting for the initial list of Services, EndpointSlices, Pods and Nodes"
+                ),
+            }
+        }
+        reg
     }
 
     /// Puts the cluster's CA into `dir` (see [`ca::materialize`]).

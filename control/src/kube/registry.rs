@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::registry::{
     Endpoint, Health, PendingService, Protocol, Service, ServicePort, TLS_MODE_LABEL, Workloads,
@@ -48,14 +48,24 @@ pub struct Stores {
     pub nodes: Store<Node>,
 }
 
+/// The running registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The reflected objects.
+    pub stores: Stores,
+    /// Turns true once every kind has been listed and the services built
+    /// from them handed to the snapshot.
+    pub ready: watch::Receiver<bool>,
+}
+
 /// Spawns the four reflectors and the task that turns their contents into
 /// registry services (first after all four have listed). Returns the
-/// stores and the tasks.
+/// registry and the tasks.
 pub fn spawn(
     client: &Client,
     cluster_domain: String,
     workloads: Arc<Workloads>,
-) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
+) -> (Registry, Vec<tokio::task::JoinHandle<()>>) {
     let changed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     let (services, t) = reflect::<KubeService>(Api::all(client.clone()), changed.clone());
@@ -73,6 +83,7 @@ pub fn spawn(
         nodes,
     };
     let s = stores.clone();
+    let (ready_tx, ready) = watch::channel(false);
     tasks.push(tokio::spawn(async move {
         for ready in [
             s.services.wait_until_ready().await,
@@ -93,10 +104,11 @@ pub fn spawn(
             let services = build(&s, &cluster_domain);
             tracing::debug!(services = services.len(), "Kubernetes registry updated");
             workloads.set_platform_services(services);
+            ready_tx.send_replace(true);
             changed.notified().await;
         }
     }));
-    (stores, tasks)
+    (Registry { stores, ready }, tasks)
 }
 
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
