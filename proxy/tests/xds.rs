@@ -287,3 +287,125 @@ async fn sotw_client_acks_with_version_and_nacks_with_previous_version() {
         .await;
     assert!(eds.error_detail.is_none());
 }
+
+/// An ADS server over TLS (the mesh CA's serving certificate, optional
+/// client certificates) that reports the client's SPIFFE ID and sends one
+/// cluster on a delta stream.
+struct TlsAds {
+    seen: tokio::sync::mpsc::UnboundedSender<Option<String>>,
+}
+
+type BoxStream<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService for TlsAds {
+    type StreamAggregatedResourcesStream =
+        BoxStream<mesh_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream =
+        BoxStream<mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: tonic::Request<
+            tonic::Streaming<mesh_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest>,
+        >,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("delta only"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<
+            tonic::Streaming<
+                mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest,
+            >,
+        >,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        use futures_util::StreamExt;
+        use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, Resource,
+        };
+        let id = request
+            .peer_certs()
+            .and_then(|c| c.first().and_then(mesh_ca::verifier::spiffe_id_of_cert))
+            .map(|id| id.to_string());
+        let _ = self.seen.send(id);
+        let name = "outbound|80||tls.default.svc.cluster.local";
+        let cluster = static_cluster(name, &["127.0.0.1:9".parse().unwrap()]);
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: "1".into(),
+            type_url: CDS(),
+            nonce: "1".into(),
+            resources: vec![Resource {
+                name: name.into(),
+                version: "1".into(),
+                resource: Some(any(&cluster)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let stream = futures_util::stream::iter([Ok(resp)]).chain(futures_util::stream::pending());
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+#[tokio::test]
+async fn https_xds_address_connects_over_mtls_with_the_svid() {
+    use mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    mesh_proxy::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_ca::CertificateAuthority::load_or_init(
+        dir.path(),
+        "cluster.local",
+        mesh_ca::IssuePolicy::default(),
+    )
+    .unwrap();
+    let tls = mesh_ca::server::tls_config(&ca, &mesh_ca::server::ServeOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(AggregatedDiscoveryServiceServer::new(TlsAds {
+                seen: seen_tx,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let spiffe_id = "spiffe://cluster.local/ns/default/sa/productpage";
+    let issued = ca
+        .issue_with_new_key(&spiffe_id.parse().unwrap(), None)
+        .unwrap();
+    let svid = mesh_proxy::tls::Svid {
+        chain: mesh_ca::pem::parse_certs("chain", &issued.cert.chain_pem.concat()).unwrap(),
+        key: PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+        roots: ca.trust_bundle().roots().to_vec(),
+    };
+    let (_svid_tx, svid_rx) = watch::channel(Some(Arc::new(svid)));
+    let mut cfg = XdsClientConfig::new(
+        format!("https://{addr}"),
+        NodeIdentity {
+            namespace: "default".into(),
+            workload_name: "productpage-v1".into(),
+            ..Default::default()
+        },
+    );
+    cfg.svid = Some(svid_rx);
+    cfg.initial_backoff = Duration::from_millis(20);
+    let (client, mut rx) = XdsClient::new(cfg);
+    tokio::spawn(client.run());
+    let id = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("stream in time")
+        .unwrap();
+    assert_eq!(id.as_deref(), Some(spiffe_id));
+    wait_for(&mut rx, "the cluster over mTLS", |c| {
+        c.clusters
+            .contains_key("outbound|80||tls.default.svc.cluster.local")
+    })
+    .await;
+}

@@ -42,6 +42,10 @@ pub struct XdsClientConfig {
     pub initial_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// The proxy's SVID, presented to the control plane when `address` is
+    /// `https://...` (xDS over mTLS, meshd's 15012); the server is verified
+    /// against the SVID's trust roots under the name `mesh-ca`.
+    pub svid: Option<crate::tls::SvidReceiver>,
 }
 
 impl XdsClientConfig {
@@ -53,6 +57,7 @@ impl XdsClientConfig {
             mode: XdsMode::Delta,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
+            svid: None,
         }
     }
 }
@@ -72,6 +77,14 @@ pub enum XdsError {
     /// Connecting failed.
     #[error("cannot connect to the control plane")]
     Connect(#[source] tonic::transport::Error),
+    /// xDS over TLS needs the proxy's SVID, and none was issued in time.
+    #[error(
+        "xDS over mTLS (https://) needs the workload certificate; none yet (is --ca-address set?)"
+    )]
+    NoSvid,
+    /// The SVID could not be turned into TLS settings.
+    #[error("TLS settings for the control plane")]
+    Tls(#[source] tonic::transport::Error),
     /// The stream failed with a gRPC status.
     #[error("ADS stream failed")]
     Stream(#[source] tonic::Status),
@@ -158,10 +171,43 @@ async fn connect(
                 source,
             }
         })?;
+    let endpoint = if cfg.address.starts_with("https://") {
+        endpoint
+            .tls_config(client_tls(cfg).await?)
+            .map_err(XdsError::Tls)?
+    } else {
+        endpoint
+    };
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .map_err(XdsError::Connect)?;
     Ok(mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(channel))
+}
+
+/// TLS settings presenting the current SVID (taken at each connect, so a
+/// reconnect after a rotation uses the new certificate).
+async fn client_tls(cfg: &XdsClientConfig) -> Result<tonic::transport::ClientTlsConfig, XdsError> {
+    use mesh_ca::pem::{cert_pem, encode};
+    use rustls::pki_types::PrivateKeyDer;
+    let mut rx = cfg.svid.clone().ok_or(XdsError::NoSvid)?;
+    let svid = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|s| s.clone())
+        .ok_or(XdsError::NoSvid)?;
+    let chain: String = svid.chain.iter().map(|c| cert_pem(c)).collect();
+    let roots: String = svid.roots.iter().map(|c| cert_pem(c)).collect();
+    let label = match &svid.key {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    let key = encode(label, svid.key.secret_der());
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(roots))
+        .identity(tonic::transport::Identity::from_pem(chain, key))
+        .domain_name(mesh_ca::server::DEFAULT_SERVER_NAME))
 }
