@@ -43,6 +43,12 @@ pub struct ProxyNode {
     pub interception: Interception,
     /// `MESH_OUTBOUND_PORT`: the loopback HTTP proxy port in explicit mode.
     pub outbound_port: Option<u32>,
+    /// `MESH_INBOUND_PORT`: where an explicit-mode sidecar accepts (m)TLS
+    /// for its workload (what callers dial).
+    pub inbound_port: Option<u32>,
+    /// `MESH_APP_PORT`: where an explicit-mode workload's app listens on
+    /// loopback (default: the workload port).
+    pub app_port: Option<u32>,
     /// `node.locality` as `region/zone/sub_zone`.
     pub locality: Option<String>,
     /// `ISTIO_VERSION` or the user agent version, for proxy-status.
@@ -111,10 +117,52 @@ impl ProxyNode {
             service_ports,
             interception,
             outbound_port: s("MESH_OUTBOUND_PORT").and_then(|p| p.parse().ok()),
+            inbound_port: s("MESH_INBOUND_PORT").and_then(|p| p.parse().ok()),
+            app_port: s("MESH_APP_PORT").and_then(|p| p.parse().ok()),
             locality,
             version,
         }
     }
+}
+
+impl ProxyNode {
+    /// In explicit mode with an inbound port: the workload port served
+    /// (the first of `MESH_SERVICE_PORTS`), the sidecar's inbound port and
+    /// the app's port. `None` for captured proxies and for explicit proxies
+    /// that terminate no inbound traffic.
+    pub fn explicit_inbound(&self) -> Option<ExplicitInbound> {
+        if self.interception != Interception::None {
+            return None;
+        }
+        let inbound_port = self.inbound_port?;
+        let (protocol, port) = self.service_ports.first()?.clone();
+        Some(ExplicitInbound {
+            protocol,
+            port,
+            inbound_port,
+            app_port: self.app_port.unwrap_or(port),
+        })
+    }
+
+    /// The address this proxy's workload is reached at: the first
+    /// `INSTANCE_IPS`, else loopback.
+    pub fn primary_ip(&self) -> &str {
+        self.ips.first().map_or("127.0.0.1", String::as_str)
+    }
+}
+
+/// The one inbound port of an explicit-mode workload (docs/xds.md,
+/// "Explicit mode").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplicitInbound {
+    /// Protocol or port name of the workload port (`http`, `tcp`...).
+    pub protocol: String,
+    /// The workload (service) port, e.g. 9080.
+    pub port: u32,
+    /// The sidecar's inbound listener port.
+    pub inbound_port: u32,
+    /// The app's port on 127.0.0.1.
+    pub app_port: u32,
 }
 
 fn string_field(st: &Struct, key: &str) -> Option<String> {
@@ -163,6 +211,7 @@ mod tests {
             .insert("MESH_SERVICE_PORTS".into(), sv("http:9080,tcp:3306"));
         meta.fields.insert("INTERCEPTION_MODE".into(), sv("NONE"));
         meta.fields.insert("MESH_OUTBOUND_PORT".into(), sv("15001"));
+        meta.fields.insert("MESH_INBOUND_PORT".into(), sv("18006"));
         meta.fields.insert(
             "LABELS".into(),
             Value {
@@ -185,5 +234,17 @@ mod tests {
         assert_eq!(p.interception, Interception::None);
         assert_eq!(p.outbound_port, Some(15001));
         assert_eq!(p.service_account, "default");
+        // Explicit mode serves the first workload port; the app port
+        // defaults to it.
+        assert_eq!(
+            p.explicit_inbound(),
+            Some(ExplicitInbound {
+                protocol: "http".into(),
+                port: 9080,
+                inbound_port: 18006,
+                app_port: 9080,
+            })
+        );
+        assert_eq!(p.primary_ip(), "10.0.0.1");
     }
 }

@@ -14,7 +14,7 @@ use mesh_model::networking::WorkloadEntrySpec;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::node::ProxyNode;
+use crate::node::{Interception, ProxyNode};
 
 /// The cluster domain of service hosts.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -345,11 +345,16 @@ pub fn collect(config: &[Resource], workloads: &[Workload]) -> Vec<PendingServic
             continue;
         };
         let host = mesh_model::host::fqdn(name, &n.namespace, CLUSTER_DOMAIN);
-        let ports: BTreeMap<String, u32> = n
+        let explicit = n.explicit_inbound();
+        let mut ports: BTreeMap<String, u32> = n
             .service_ports
             .iter()
             .map(|(p, n)| (p.clone(), *n))
             .collect();
+        // Explicit mode: callers dial the sidecar's inbound port, not the app.
+        if let Some(ei) = &explicit {
+            ports.insert(ei.protocol.clone(), ei.inbound_port);
+        }
         let entry = services
             .entry(host.clone())
             .or_insert_with(|| PendingService {
@@ -374,7 +379,11 @@ pub fn collect(config: &[Resource], workloads: &[Workload]) -> Vec<PendingServic
                 address: None,
             });
         let mut labels = n.labels.clone();
-        labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+        // An explicit-mode sidecar without an inbound port cannot terminate
+        // mTLS: callers must reach its app in plain text.
+        if n.interception != Interception::None || explicit.is_some() {
+            labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+        }
         entry.service.endpoints.push(Endpoint {
             address: n.ips[0].clone(),
             ports,
@@ -470,5 +479,45 @@ spec: {address: 127.0.0.2, labels: {app: other}}
         assert_eq!(w.list().len(), 1, "still within grace");
         w.reap(Instant::now() + Duration::from_secs(31));
         assert!(w.list().is_empty());
+    }
+
+    #[test]
+    fn explicit_workload_registers_at_its_sidecar_inbound_port_with_mtls() {
+        let w = Workloads::new(Duration::from_secs(30));
+        let base = ProxyNode::from_node(&Default::default());
+        let server = ProxyNode {
+            id: "reviews".into(),
+            service_name: Some("reviews".into()),
+            ips: vec!["127.0.0.1".into()],
+            service_ports: vec![("http".into(), 9080)],
+            interception: Interception::None,
+            inbound_port: Some(18006),
+            app_port: Some(18001),
+            ..base.clone()
+        };
+        let plain = ProxyNode {
+            id: "ratings".into(),
+            service_name: Some("ratings".into()),
+            inbound_port: None,
+            ..server.clone()
+        };
+        w.connected(&server);
+        w.connected(&plain);
+        let svcs = collect(&[], &w.list());
+        let find = |h: &str| {
+            svcs.iter()
+                .find(|s| s.service.host.starts_with(h))
+                .map(|s| s.service.clone())
+                .unwrap()
+        };
+        let reviews = find("reviews.");
+        assert_eq!(reviews.endpoints[0].port_for(&reviews.ports[0]), 18006);
+        assert!(reviews.endpoints[0].is_mesh());
+        let ratings = find("ratings.");
+        assert_eq!(ratings.endpoints[0].port_for(&ratings.ports[0]), 9080);
+        assert!(
+            !ratings.endpoints[0].is_mesh(),
+            "no sidecar inbound: plain text"
+        );
     }
 }

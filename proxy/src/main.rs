@@ -111,6 +111,10 @@ struct RunArgs {
     /// Inbound capture port.
     #[arg(long, env = "INBOUND_PORT", default_value_t = 15006)]
     inbound_port: u16,
+    /// Explicit mode: the app's port on 127.0.0.1 (default: the first
+    /// --service-ports port). See docs/xds.md, "Explicit mode".
+    #[arg(long, env = "APP_PORT")]
+    app_port: Option<u16>,
     /// Health port.
     #[arg(long, env = "HEALTH_PORT", default_value_t = 15021)]
     health_port: u16,
@@ -285,6 +289,18 @@ fn main() -> anyhow::Result<()> {
                 service_name: args.service_name.clone(),
                 service_ports: args.service_ports.clone(),
                 interception_mode: format!("{:?}", args.interception_mode),
+                ..Default::default()
+            };
+            let node = if matches!(args.interception_mode, Interception::NONE) {
+                // Explicit mode: meshd binds the listeners at these ports.
+                NodeIdentity {
+                    outbound_port: Some(args.outbound_port),
+                    inbound_port: Some(args.inbound_port),
+                    app_port: args.app_port,
+                    ..node
+                }
+            } else {
+                node
             };
             let mode = match args.xds_mode {
                 Mode::Delta => XdsMode::Delta,

@@ -74,6 +74,10 @@ pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsClust
             let name = naming::inbound_cluster_name(*port);
             out.insert(name.clone(), pack(&inbound_cluster(&name, *port)));
         }
+    } else if let Some(ei) = ctx.proxy.explicit_inbound() {
+        // Explicit mode: the app listens on its own loopback port.
+        let name = naming::inbound_cluster_name(ei.port);
+        out.insert(name.clone(), pack(&inbound_cluster(&name, ei.app_port)));
     }
     let passthrough = Cluster {
         name: PASSTHROUGH_CLUSTER.into(),

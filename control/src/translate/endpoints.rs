@@ -77,6 +77,46 @@ mod tests {
     use prost::Message;
 
     #[tokio::test]
+    async fn explicit_workload_endpoint_is_its_sidecar_inbound_port() {
+        use crate::node::{Interception, ProxyNode};
+        use crate::registry::{Workloads, collect};
+        let server = ProxyNode {
+            id: "reviews-1".into(),
+            service_name: Some("reviews".into()),
+            ips: vec!["127.0.0.1".into()],
+            service_ports: vec![("http".into(), 9080)],
+            interception: Interception::None,
+            inbound_port: Some(18006),
+            app_port: Some(18001),
+            ..proxy()
+        };
+        let w = Workloads::new(std::time::Duration::from_secs(1));
+        w.connected(&server);
+        let mut snap = crate::snapshot::Snapshot::default();
+        for p in collect(&[], &w.list()) {
+            snap.services.insert(p.service.host.clone(), p.service);
+        }
+        let cfg = generate(&snap, &proxy());
+        let la = ClusterLoadAssignment::decode(
+            cfg[ENDPOINT_TYPE]["outbound|9080||reviews.default.svc.cluster.local"]
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+            &la.endpoints[0].lb_endpoints[0].host_identifier
+        else {
+            panic!("no endpoint")
+        };
+        let addr = format!("{:?}", ep.address);
+        assert!(
+            addr.contains("127.0.0.1") && addr.contains("18006"),
+            "{addr}"
+        );
+    }
+
+    #[tokio::test]
     async fn subsets_pick_endpoints_by_label_with_ports_weights_and_locality() {
         let yaml = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry

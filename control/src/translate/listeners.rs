@@ -1,7 +1,9 @@
 //! LDS: `virtualOutbound` (15001, one chain per VIP:port) and
 //! `virtualInbound` (15006, one chain per workload port) for captured
 //! proxies; for explicit-mode proxies (`INTERCEPTION_MODE=NONE`) one HTTP
-//! proxy listener on `127.0.0.1:<MESH_OUTBOUND_PORT>` routing by `Host`.
+//! proxy listener on `127.0.0.1:<MESH_OUTBOUND_PORT>` routing by `Host`, and
+//! `explicitInbound` on `<ip>:<MESH_INBOUND_PORT>` terminating mTLS for the
+//! workload's one port.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +42,7 @@ use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3::{
 use super::clusters::socket_address;
 use super::routes::EXPLICIT_ROUTE_CONFIG;
 use super::{Context, Generated, ads_source, pack};
-use crate::node::Interception;
+use crate::node::{ExplicitInbound, Interception};
 use crate::registry::Protocol;
 
 /// Port of the outbound capture listener.
@@ -49,6 +51,8 @@ pub const OUTBOUND_PORT: u32 = 15001;
 pub const INBOUND_PORT: u32 = 15006;
 /// Name of the explicit-mode HTTP proxy listener.
 pub const EXPLICIT_LISTENER: &str = "explicitOutbound";
+/// Name of the explicit-mode inbound listener.
+pub const EXPLICIT_INBOUND_LISTENER: &str = "explicitInbound";
 
 /// Every listener of a proxy.
 pub fn listeners(ctx: &Context<'_>) -> BTreeMap<String, Generated> {
@@ -67,6 +71,10 @@ pub fn listeners(ctx: &Context<'_>) -> BTreeMap<String, Generated> {
                     }],
                     ..Default::default()
                 };
+                out.insert(l.name.clone(), pack(&l));
+            }
+            if let Some(ei) = ctx.proxy.explicit_inbound() {
+                let l = explicit_inbound(ctx, &ei);
                 out.insert(l.name.clone(), pack(&l));
             }
         }
@@ -89,11 +97,26 @@ fn typed(name: &str, any: Any) -> Filter {
 }
 
 fn listener_filters() -> Vec<ListenerFilter> {
+    let mut v = vec![listener_filter(
+        "envoy.filters.listener.original_dst",
+        pack(&OriginalDst::default()).any,
+    )];
+    v.extend(inspectors());
+    v
+}
+
+fn listener_filter(name: &str, any: Any) -> ListenerFilter {
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    }
+}
+
+/// The TLS and HTTP inspectors (an Envoy needs the TLS one to match
+/// `transport_protocol`).
+fn inspectors() -> Vec<ListenerFilter> {
     [
-        (
-            "envoy.filters.listener.original_dst",
-            pack(&OriginalDst::default()).any,
-        ),
         (
             "envoy.filters.listener.tls_inspector",
             pack(&TlsInspector::default()).any,
@@ -104,11 +127,7 @@ fn listener_filters() -> Vec<ListenerFilter> {
         ),
     ]
     .into_iter()
-    .map(|(name, any)| ListenerFilter {
-        name: name.into(),
-        config_type: Some(listener_filter::ConfigType::TypedConfig(any)),
-        ..Default::default()
-    })
+    .map(|(name, any)| listener_filter(name, any))
     .collect()
 }
 
@@ -259,12 +278,18 @@ fn istio_mutual_server() -> TransportSocket {
 /// The filter chains of one inbound port for its PeerAuthentication mode:
 /// STRICT accepts only TLS (plain text falls to the default chain, which
 /// drops it), PERMISSIVE a TLS and a plain-text twin told apart by the TLS
-/// inspector, DISABLE only plain text.
-fn inbound_chains(name: &str, port: u32, filter: Filter, mode: MtlsMode) -> Vec<FilterChain> {
+/// inspector, DISABLE only plain text. `port` is the destination port to
+/// match (none on a listener that serves one port).
+fn inbound_chains(
+    name: &str,
+    port: Option<u32>,
+    filter: Filter,
+    mode: MtlsMode,
+) -> Vec<FilterChain> {
     let chain = |transport: Option<&str>, tls: bool| FilterChain {
         name: name.to_string(),
         filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: port }),
+            destination_port: port.map(|value| UInt32Value { value }),
             transport_protocol: transport.unwrap_or_default().to_string(),
             ..Default::default()
         }),
@@ -281,43 +306,75 @@ fn inbound_chains(name: &str, port: u32, filter: Filter, mode: MtlsMode) -> Vec<
     }
 }
 
+/// The network filter of inbound port `port`: an HCM with an inline route
+/// to `inbound|<port>||` for HTTP, else a TCP proxy to it.
+fn inbound_filter(proto: &str, port: u32) -> Filter {
+    let name = naming::inbound_cluster_name(port);
+    if Protocol::detect(None, Some(proto)).is_http() {
+        let rc = RouteConfiguration {
+            name: name.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: name.clone(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            name.clone(),
+                        )),
+                        timeout: Some(Default::default()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        hcm(
+            &name,
+            http_connection_manager::RouteSpecifier::RouteConfig(rc),
+        )
+    } else {
+        tcp(&name, &name)
+    }
+}
+
+/// The default inbound chain: anything no chain takes is dropped.
+fn blackhole_chain() -> FilterChain {
+    FilterChain {
+        name: BLACKHOLE_CLUSTER.into(),
+        filters: vec![tcp(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+        ..Default::default()
+    }
+}
+
+/// `explicitInbound`: the chains of `virtualInbound` for the workload's one
+/// port, on the sidecar's own address and port, without original dst.
+fn explicit_inbound(ctx: &Context<'_>, ei: &ExplicitInbound) -> Listener {
+    let name = naming::inbound_cluster_name(ei.port);
+    let mode = super::peer_auth::inbound_mode(&ctx.snapshot.config, ctx.proxy, ei.port);
+    Listener {
+        name: EXPLICIT_INBOUND_LISTENER.into(),
+        address: Some(socket_address(ctx.proxy.primary_ip(), ei.inbound_port)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: inspectors(),
+        filter_chains: inbound_chains(&name, None, inbound_filter(&ei.protocol, ei.port), mode),
+        default_filter_chain: Some(blackhole_chain()),
+        ..Default::default()
+    }
+}
+
 fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
     let mut chains = Vec::new();
     for (proto, port) in &ctx.proxy.service_ports {
         let name = naming::inbound_cluster_name(*port);
-        let filter = if Protocol::detect(None, Some(proto)).is_http() {
-            let rc = RouteConfiguration {
-                name: name.clone(),
-                virtual_hosts: vec![VirtualHost {
-                    name: name.clone(),
-                    domains: vec!["*".into()],
-                    routes: vec![Route {
-                        r#match: Some(RouteMatch {
-                            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                            ..Default::default()
-                        }),
-                        action: Some(route::Action::Route(RouteAction {
-                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                                name.clone(),
-                            )),
-                            timeout: Some(Default::default()),
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            hcm(
-                &name,
-                http_connection_manager::RouteSpecifier::RouteConfig(rc),
-            )
-        } else {
-            tcp(&name, &name)
-        };
+        let filter = inbound_filter(proto, *port);
         let mode = super::peer_auth::inbound_mode(&ctx.snapshot.config, ctx.proxy, *port);
-        chains.extend(inbound_chains(&name, *port, filter, mode));
+        chains.extend(inbound_chains(&name, Some(*port), filter, mode));
     }
     Listener {
         name: VIRTUAL_INBOUND_LISTENER.into(),
@@ -327,11 +384,7 @@ fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: listener_filters(),
         filter_chains: chains,
-        default_filter_chain: Some(FilterChain {
-            name: BLACKHOLE_CLUSTER.into(),
-            filters: vec![tcp(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
-            ..Default::default()
-        }),
+        default_filter_chain: Some(blackhole_chain()),
         ..Default::default()
     }
 }
@@ -423,6 +476,114 @@ spec: {mtls: {mode: DISABLE}}
             transports(&inbound_chains(disable).await),
             [(String::new(), false)]
         );
+    }
+
+    fn explicit_server() -> crate::node::ProxyNode {
+        let mut p = proxy();
+        p.interception = Interception::None;
+        p.outbound_port = Some(18080);
+        p.inbound_port = Some(18006);
+        p.app_port = Some(18001);
+        p.ips = vec!["127.0.0.1".into()];
+        p.service_ports = vec![("http".into(), 9080)];
+        p
+    }
+
+    #[tokio::test]
+    async fn explicit_server_gets_an_inbound_listener_on_its_own_port_terminating_mtls() {
+        let snap = snapshot(YAML).await;
+        let cfg = generate(&snap, &explicit_server());
+        assert_eq!(cfg[LISTENER_TYPE].len(), 2);
+        let l = Listener::decode(
+            cfg[LISTENER_TYPE][EXPLICIT_INBOUND_LISTENER]
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let addr = format!("{:?}", l.address);
+        assert!(
+            addr.contains("127.0.0.1") && addr.contains("18006"),
+            "{addr}"
+        );
+        assert_eq!(l.traffic_direction, TrafficDirection::Inbound as i32);
+        assert_eq!(l.use_original_dst, None);
+        assert!(
+            l.listener_filters
+                .iter()
+                .all(|f| f.name != "envoy.filters.listener.original_dst")
+        );
+        // PERMISSIVE by default: a TLS chain and its plain-text twin, with
+        // no destination port (the listener serves one port).
+        let chains: Vec<_> = l
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let m = c.filter_chain_match.as_ref().unwrap();
+                assert_eq!(m.destination_port, None);
+                (
+                    c.name.as_str(),
+                    m.transport_protocol.as_str(),
+                    c.transport_socket.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chains,
+            [
+                ("inbound|9080||", "tls", true),
+                ("inbound|9080||", "raw_buffer", false)
+            ]
+        );
+        assert_eq!(
+            l.default_filter_chain.as_ref().map(|c| c.name.as_str()),
+            Some(BLACKHOLE_CLUSTER)
+        );
+        // The inbound cluster points at the app's own port.
+        let c = mesh_proto::envoy::pb::envoy::config::cluster::v3::Cluster::decode(
+            cfg[super::super::CLUSTER_TYPE]["inbound|9080||"]
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let ep = format!("{:?}", c.load_assignment);
+        assert!(ep.contains("127.0.0.1") && ep.contains("18001"), "{ep}");
+    }
+
+    #[tokio::test]
+    async fn explicit_server_under_strict_accepts_only_tls() {
+        let strict = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+        let snap = snapshot(strict).await;
+        let cfg = generate(&snap, &explicit_server());
+        let l = Listener::decode(
+            cfg[LISTENER_TYPE][EXPLICIT_INBOUND_LISTENER]
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(l.filter_chains.len(), 1);
+        let m = l.filter_chains[0].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.transport_protocol, "tls");
+        assert!(l.filter_chains[0].transport_socket.is_some());
+    }
+
+    #[tokio::test]
+    async fn explicit_client_without_inbound_port_gets_no_inbound_listener_or_cluster() {
+        let snap = snapshot(YAML).await;
+        let mut p = explicit_server();
+        p.inbound_port = None;
+        let cfg = generate(&snap, &p);
+        assert_eq!(
+            cfg[LISTENER_TYPE].keys().collect::<Vec<_>>(),
+            [EXPLICIT_LISTENER]
+        );
+        assert!(!cfg[super::super::CLUSTER_TYPE].contains_key("inbound|9080||"));
     }
 
     #[tokio::test]

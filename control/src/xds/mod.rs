@@ -320,8 +320,14 @@ impl AggregatedDiscoveryService for AdsService {
 /// The identity fields translation reads (see [`crate::translate`]).
 fn class_key(p: &ProxyNode) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}",
-        p.namespace, p.labels, p.interception, p.outbound_port, p.service_ports
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        p.namespace,
+        p.labels,
+        p.interception,
+        p.outbound_port,
+        p.service_ports,
+        p.explicit_inbound()
+            .map(|e| (p.primary_ip().to_owned(), e.inbound_port, e.app_port))
     )
 }
 

@@ -29,6 +29,13 @@ pub struct NodeIdentity {
     pub service_ports: String,
     /// `REDIRECT`, `TPROXY` or `NONE`.
     pub interception_mode: String,
+    /// Explicit mode: the loopback HTTP proxy port (`MESH_OUTBOUND_PORT`).
+    pub outbound_port: Option<u16>,
+    /// Explicit mode: the port the sidecar accepts (m)TLS on for the
+    /// workload (`MESH_INBOUND_PORT`).
+    pub inbound_port: Option<u16>,
+    /// Explicit mode: the app's port on 127.0.0.1 (`MESH_APP_PORT`).
+    pub app_port: Option<u16>,
 }
 
 fn s(v: &str) -> wkt::Value {
@@ -77,6 +84,15 @@ impl NodeIdentity {
                 &self.interception_mode
             },
         );
+        for (key, port) in [
+            ("MESH_OUTBOUND_PORT", self.outbound_port),
+            ("MESH_INBOUND_PORT", self.inbound_port),
+            ("MESH_APP_PORT", self.app_port),
+        ] {
+            if let Some(port) = port {
+                fields.insert(key.to_owned(), s(&port.to_string()));
+            }
+        }
         let labels = wkt::Struct {
             fields: self.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
         };
@@ -125,5 +141,22 @@ mod tests {
         assert!(
             matches!(&md["LABELS"].kind, Some(wkt::value::Kind::StructValue(l)) if l.fields["app"] == s("reviews"))
         );
+        assert!(!md.contains_key("MESH_OUTBOUND_PORT"));
+    }
+
+    #[test]
+    fn explicit_mode_ports_go_into_the_metadata() {
+        let id = NodeIdentity {
+            interception_mode: "NONE".into(),
+            outbound_port: Some(18080),
+            inbound_port: Some(18006),
+            app_port: Some(18001),
+            ..Default::default()
+        };
+        let md = id.to_node().metadata.unwrap().fields;
+        assert_eq!(md["INTERCEPTION_MODE"], s("NONE"));
+        assert_eq!(md["MESH_OUTBOUND_PORT"], s("18080"));
+        assert_eq!(md["MESH_INBOUND_PORT"], s("18006"));
+        assert_eq!(md["MESH_APP_PORT"], s("18001"));
     }
 }
