@@ -80,20 +80,22 @@ pub fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response
             }
             r
         }
-        (Role::Admin, "/config_dump") => match serde_json::to_string_pretty(&*config) {
-            Ok(json) => {
-                let mut r = text(StatusCode::OK, json);
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
+        (Role::Admin, "/config_dump") => {
+            match crate::config_dump::to_json_text(&config, shared.svid.borrow().as_deref()) {
+                Ok(json) => {
+                    let mut r = text(StatusCode::OK, json);
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot encode config: {e}\n"),
+                ),
             }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode config: {e}\n"),
-            ),
-        },
+        }
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config, &shared.balancers)),
         (Role::Admin, "/logging") => logging(req, shared),
         (Role::Admin, "/drain_listeners" | "/drain") if req.method() == http::Method::POST => {

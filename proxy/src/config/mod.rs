@@ -60,6 +60,9 @@ pub struct ProxyConfig {
     /// Last response version seen per type URL (SotW `version_info`,
     /// delta `system_version_info`).
     pub type_versions: BTreeMap<String, String>,
+    /// The accepted resources as received, for the admin `/config_dump`.
+    #[serde(skip)]
+    pub raw: crate::config_dump::RawResources,
 }
 
 impl ProxyConfig {

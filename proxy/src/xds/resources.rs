@@ -169,10 +169,12 @@ pub(crate) fn apply(current: &ProxyConfig, update: Update) -> Applied {
     let mut good = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut raw = Vec::new();
     for (announced, res_version, any) in resources {
         match convert(ty, &any) {
             Ok((name, c)) if announced.is_empty() || announced == name => {
                 seen.insert(name.clone());
+                raw.push((name.clone(), any));
                 good.push((name, res_version, c));
             }
             Ok((name, _)) => {
@@ -215,6 +217,7 @@ pub(crate) fn apply(current: &ProxyConfig, update: Update) -> Applied {
             Converted::Route(r) => next.routes.insert(name, r).map(|_| ()),
         };
     }
+    crate::config_dump::record(&mut next, &url, raw);
     next.type_versions.insert(url, version);
     Applied {
         config: next,
