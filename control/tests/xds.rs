@@ -266,9 +266,9 @@ async fn bad_clients_do_not_disturb_others() {
         let more = CONFIG.replace("backend", &format!("svc{i}"));
         let (st, b) = call(meshd.http_addr, "POST", "/apis/v1/apply", &more).await;
         assert_eq!(st, 200, "{b}");
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        // One snapshot (and push) per service, not one for all thirty.
+        wait_services(meshd.http_addr, i + 2).await;
     }
-    wait_services(meshd.http_addr, 31).await;
     // The good client keeps receiving pushes until it has all 31 services.
     loop {
         eprintln!("good client has {} clusters", last.resources.len());
