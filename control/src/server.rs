@@ -112,6 +112,10 @@ async fn start_ca(
     if !ca_addr.ip().is_unspecified() && !opts.ips.contains(&ca_addr.ip()) {
         opts.ips.push(ca_addr.ip());
     }
+    if let Some(k) = kube {
+        // Injected proxies call https://meshd.<ns>.svc:15012.
+        opts.dns_names.extend(k.service_names());
+    }
     let served = ca.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = serve_tls(ca, auth, xds, listener, &opts).await {
@@ -149,12 +153,21 @@ async fn serve_tls(
 
 /// Opens the stores, binds the listeners and spawns every task.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let mut tasks = Vec::new();
     let kube = if config.kubernetes {
         Some(crate::kube::KubeMode::connect(config).await?)
     } else {
         None
     };
+    start_with_kube(config, kube).await
+}
+
+/// [`start`] with Kubernetes mode's client given (tests pass one over a
+/// scripted API server); `None` runs off Kubernetes.
+pub async fn start_with_kube(
+    config: &Config,
+    kube: Option<crate::kube::KubeMode>,
+) -> Result<Running, StartError> {
+    let mut tasks = Vec::new();
     // The mounted mesh config may set the trust domain.
     let mut adjusted = config.clone();
     if let Some(k) = &kube {

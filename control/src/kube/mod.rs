@@ -210,6 +210,12 @@ impl KubeMode {
         ca::materialize(&self.client, &self.namespace, dir, &self.trust_domain).await
     }
 
+    /// DNS names of meshd's Service (`meshd.<ns>.svc` and the rest), the
+    /// SANs of its serving certificates on 15012 and 15017.
+    pub fn service_names(&self) -> Vec<String> {
+        webhook::serving_names(&self.namespace, &self.cluster_domain)
+    }
+
     /// The TokenReview authenticator for proxies' projected tokens.
     pub fn token_reviewer(&self) -> mesh_ca::auth::KubeAuthenticator {
         mesh_ca::auth::KubeAuthenticator::new(
@@ -255,10 +261,7 @@ impl KubeMode {
             root_pem,
             leader.clone(),
         ));
-        let tls = webhook::serving_tls(
-            ca,
-            &webhook::serving_names(&self.namespace, &self.cluster_domain),
-        )?;
+        let tls = webhook::serving_tls(ca, &self.service_names())?;
         let addr = self.webhook_addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
