@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bins;
 pub mod bookshop;
 pub mod demo;
+pub mod explicit;
 pub mod load;
 pub mod mesh;
 pub mod netns;
