@@ -79,3 +79,36 @@ fn filters_narrow_the_tables_like_istioctl_flags() {
     let t = short(&dump, Kind::Endpoints, &cluster, NOW);
     assert_eq!(t.lines().count(), 1, "v2 has no endpoints: {t}");
 }
+
+#[test]
+fn proxy_admin_dump_renders_secrets_and_the_accepted_resources() {
+    let dump = load("proxy_dump.json");
+    let all = Filter::default();
+    golden("proxy_secret.txt", &short(&dump, Kind::Secret, &all, NOW));
+    golden("proxy_all.txt", &short(&dump, Kind::All, &all, NOW));
+    let t = short(&dump, Kind::Secret, &all, NOW);
+    assert!(
+        t.contains("default         Cert Chain   ACTIVE   true"),
+        "{t}"
+    );
+    assert!(
+        t.contains("ROOTCA          CA           ACTIVE   true"),
+        "{t}"
+    );
+}
+
+#[test]
+fn secrets_asked_of_meshd_say_to_use_the_admin_port() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["proxy-config", "secret", "reviews-v1.default"])
+        .env("MESHD_ADDR", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("meshd does not hold proxies' certificates"),
+        "{err}"
+    );
+    assert!(err.contains("--admin"), "{err}");
+}
