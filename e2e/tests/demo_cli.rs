@@ -272,3 +272,10 @@ fn demo_reports_a_killed_sidecar_and_cleans_up() {
     );
     assert_cleaned_up(&namespaces, &procs, &all);
 }
+
+/// Explicit mode needs no root (all on loopback), so it runs everywhere;
+/// as root too, which is how the suite runs it here.
+#[test]
+fn demo_in_explicit_mode_shows_callers_identities_and_cleans_up() {
+    demo_runs_shows_and_cleans_up("explicit");
+}
