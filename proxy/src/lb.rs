@@ -4,6 +4,7 @@
 //! snapshots so that a config push does not reset the rotation.
 
 pub mod hash;
+pub mod pool;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub struct ClusterLb {
     pub outliers: crate::outlier::Outliers,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     table: Mutex<Option<CachedTable>>,
+    /// HTTP/1.1 connection slots (`max_connections`, `max_pending_requests`).
+    pub connections: Arc<pool::ConnectionSlots>,
 }
 
 /// A consistent-hash table and the endpoint set it was built for.

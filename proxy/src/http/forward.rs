@@ -13,8 +13,9 @@ use super::retry::{self, Replayable, RequestBody, RetryCause, retry_on};
 use super::router::{apply_adds, apply_removes, pick_cluster};
 use super::upstream::{self, UpstreamError};
 use super::{ConnInfo, DEFAULT_ROUTE_TIMEOUT, HOP_BY_HOP, Outcome, rewrite_prefix};
-use crate::config::{Discovery, ForwardAction, ProxyConfig, Route};
+use crate::config::{Discovery, ForwardAction, ProxyConfig, Route, UpstreamProtocol};
 use crate::lb::PickOptions;
+use crate::lb::pool::{ConnectionSlot, SlotError};
 use crate::lb::stats::ClusterStats;
 use crate::runtime::Shared;
 
@@ -44,6 +45,8 @@ pub(super) async fn forward(
         .as_ref()
         .and_then(|cb| cb.max_requests);
     let Some(_admission) = shared.balancers.cluster(&cluster.name).admit(max_requests) else {
+        shared.balancers.stats.register(&shared.metrics);
+        ClusterStats::inc(&shared.balancers.stats.overflow, &cluster.name);
         out.flag = Some(ResponseFlag::UpstreamOverflow);
         return local_reply(ResponseFlag::UpstreamOverflow, None);
     };
@@ -125,9 +128,40 @@ pub(super) async fn forward(
     stats.register(&shared.metrics);
     // Held while a retry is in flight: the retry budget counts them.
     let mut _retry_slot = None;
+    // Over HTTP/1.1 each request in flight holds a connection: the
+    // max_connections / max_pending_requests breakers apply.
+    let http1 = !upgrade
+        && match cluster.http.protocol {
+            UpstreamProtocol::Http1 => true,
+            UpstreamProtocol::Http2 => false,
+            UpstreamProtocol::Downstream => !downstream_h2,
+        };
+    let pool_limits = cluster
+        .circuit_breaker
+        .as_ref()
+        .filter(|cb| http1 && (cb.max_connections.is_some() || cb.max_pending_requests.is_some()));
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let conn_slot = match pool_limits {
+            None => None,
+            Some(cb) => match lb
+                .connections
+                .acquire(cb.max_connections, cb.max_pending_requests, deadline)
+                .await
+            {
+                Ok(slot) => Some(slot),
+                Err(SlotError::Overflow) => {
+                    ClusterStats::inc(&stats.overflow, &cluster.name);
+                    out.flag = Some(ResponseFlag::UpstreamOverflow);
+                    return local_reply(ResponseFlag::UpstreamOverflow, None);
+                }
+                Err(SlotError::Timeout) => {
+                    out.flag = Some(ResponseFlag::UpstreamTimeout);
+                    return local_reply(ResponseFlag::UpstreamTimeout, None);
+                }
+            },
+        };
         // Held until the response headers arrive, for least-request accounting.
         let mut _active = None;
         let target = match &cluster.discovery {
@@ -240,7 +274,18 @@ pub(super) async fn forward(
         if let Some(cookie) = hash.set_cookie {
             parts.headers.append(http::header::SET_COOKIE, cookie);
         }
-        return Response::from_parts(parts, body.boxed());
+        return match conn_slot {
+            // The connection stays busy until the response body is done.
+            Some(slot) => Response::from_parts(
+                parts,
+                Guarded {
+                    inner: body,
+                    _slot: slot,
+                }
+                .boxed(),
+            ),
+            None => Response::from_parts(parts, body.boxed()),
+        };
     }
 }
 
@@ -374,6 +419,33 @@ fn mirror(
                 debug!(%error, "mirror request failed");
             }
         });
+    }
+}
+
+/// A response body that holds a connection slot until it is dropped.
+#[derive(Debug)]
+struct Guarded {
+    inner: Incoming,
+    _slot: ConnectionSlot,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
