@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod proxy_config;
 pub mod resources;
 pub mod status;
+pub mod uninstall;
 pub mod version;
 
 use clap::{Parser, Subcommand};
@@ -49,8 +50,10 @@ pub enum Command {
     Inject(inject::Args),
     /// Print the Kubernetes objects the mesh installs.
     Manifest(manifest::Args),
-    /// Install the mesh on Kubernetes (today: `--dry-run` only).
+    /// Install the mesh on Kubernetes (server-side apply, waits for meshd).
     Install(install::Args),
+    /// Remove the mesh from Kubernetes (the CRDs stay unless `--purge`).
+    Uninstall(uninstall::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::Args),
     /// Print meshctl's version and meshd's.
@@ -72,7 +75,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Inject(a) => inject::run(a),
         Command::Manifest(a) => manifest::run(a),
-        Command::Install(a) => install::run(a),
+        Command::Install(a) => install::run(a).await,
+        Command::Uninstall(a) => uninstall::run(a).await,
         Command::Completion(a) => completion::run(a),
         Command::Version(a) => version::run(a).await,
         Command::Demo(a) => demo::run(a).await,
