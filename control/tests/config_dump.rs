@@ -40,6 +40,15 @@ metadata: {name: reviews}
 spec:
   host: reviews.default.svc.cluster.local
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 10}, http: {http1MaxPendingRequests: 5}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 30s}
+    loadBalancer: {simple: ROUND_ROBIN}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -50,6 +59,9 @@ spec:
   - match: [{headers: {end-user: {exact: jason}}}]
     route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
   - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
+    fault: {abort: {percentage: {value: 1}, httpStatus: 503}}
 ";
 
 const NODE_ID: &str = "sidecar~127.0.0.1~productpage-1.default~default.svc.cluster.local";
@@ -237,6 +249,15 @@ async fn config_dump_of_a_connected_proxy_is_envoy_admin_json() {
     let text = dump.to_string();
     assert!(
         text.contains("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "{text}"
+    );
+    // mTLS (STRICT): TLS transport sockets and SDS configs print too.
+    assert!(
+        text.contains(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+        ) || text.contains(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        ),
         "{text}"
     );
     // Endpoints: the reviews assignment.
