@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::mesh::{MeshError, NetnsMesh, Workload, http_get};
+use crate::mesh::{MeshError, NetnsMesh, Workload, http_get, or_child_exited};
 use crate::netns::Pod;
 
 mod explicit;
@@ -212,7 +212,8 @@ impl NetnsShop {
         for service in SERVICES {
             stop()?;
             let host = format!("{service}.default.svc.cluster.local");
-            let vip = mesh.vip_from(mesh.node.netns(), &host)?;
+            let vip = mesh.vip_from(mesh.node.netns(), &host);
+            let vip = vip.map_err(|e| or_child_exited(&mut mesh.node, e))?;
             names.push((service.to_string(), vip));
         }
         for (spec, pod) in &pods {
@@ -223,7 +224,8 @@ impl NetnsShop {
         }
         stop()?;
         step("waiting for the 5 sidecars to be SYNCED");
-        mesh.wait_synced(WORKLOADS.len())?;
+        let synced = mesh.wait_synced(WORKLOADS.len());
+        synced.map_err(|e| or_child_exited(&mut mesh.node, e))?;
         Ok(NetnsShop { mesh, pods })
     }
 

@@ -50,6 +50,22 @@ pub enum MeshError {
         /// The last thing seen.
         detail: String,
     },
+    /// A process the mesh started exited while the mesh waited on it.
+    #[error(
+        "{label} (pid {pid}) exited unexpectedly ({status}) while {during}; the last lines of its log:\n{log_tail}"
+    )]
+    ChildExited {
+        /// The process's label, e.g. `reviews-v2-proxy`.
+        label: String,
+        /// Its PID.
+        pid: u32,
+        /// How it ended.
+        status: String,
+        /// What was being waited for (the first line of that error).
+        during: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
     /// A tool answered something unexpected.
     #[error("{what}: {detail}")]
     Unexpected {
@@ -598,6 +614,22 @@ impl NetnsMesh {
     /// Where the CA's files are.
     pub fn ca_dir(&self) -> &Path {
         &self.ca_dir
+    }
+}
+
+/// Replaces `err` by [`MeshError::ChildExited`] when one of `node`'s
+/// processes has exited: a dead sidecar explains a timeout better than the
+/// timeout does.
+pub fn or_child_exited(node: &mut Node, err: MeshError) -> MeshError {
+    match node.exited() {
+        Some(e) => MeshError::ChildExited {
+            log_tail: node.log_tail_of(&e.label, 15),
+            label: e.label,
+            pid: e.pid,
+            status: e.status.to_string(),
+            during: err.to_string().lines().next().unwrap_or("").to_string(),
+        },
+        None => err,
     }
 }
 

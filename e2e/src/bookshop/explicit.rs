@@ -148,7 +148,7 @@ impl ExplicitShop {
         }
         stop()?;
         step("waiting for the 5 sidecars to be SYNCED");
-        poll(
+        let synced = poll(
             "5 proxies SYNCED",
             Duration::from_secs(30),
             Duration::from_millis(200),
@@ -158,7 +158,19 @@ impl ExplicitShop {
                     .then_some(())
                     .ok_or_else(|| s["proxies"].to_string())
             },
-        )?;
+        );
+        if let Err(e) = synced {
+            return Err(match shop.crashed() {
+                Some(c) => MeshError::ChildExited {
+                    label: c.label,
+                    pid: c.pid,
+                    status: c.status,
+                    during: e.to_string().lines().next().unwrap_or("").to_string(),
+                    log_tail: c.log_tail,
+                },
+                None => e,
+            });
+        }
         Ok(shop)
     }
 
