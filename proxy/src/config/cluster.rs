@@ -120,6 +120,8 @@ pub struct HttpOptions {
     pub idle_timeout: Option<Duration>,
     /// Requests per connection before it is retired.
     pub max_requests_per_connection: Option<u32>,
+    /// Age after which a connection takes no new request.
+    pub max_connection_duration: Option<Duration>,
     /// Protocol toward the upstream.
     pub protocol: UpstreamProtocol,
 }
@@ -129,6 +131,7 @@ impl Default for HttpOptions {
         Self {
             idle_timeout: None,
             max_requests_per_connection: None,
+            max_connection_duration: None,
             protocol: UpstreamProtocol::Http1,
         }
     }
@@ -158,11 +161,25 @@ pub struct Cluster {
     /// turns panic off). From `common_lb_config.healthy_panic_threshold`,
     /// where Istio puts the DestinationRule's `minHealthPercent`.
     pub healthy_panic_threshold: f64,
+    /// TCP keepalive on upstream connections
+    /// (`upstream_connection_options.tcp_keepalive`).
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// `ring_hash_lb_config.minimum_ring_size` or `maglev_lb_config.table_size`.
     pub hash_table_size: Option<u64>,
     /// `common_lb_config.locality_weighted_lb_config` is set: pick a
     /// locality by its weight first, then an endpoint inside it.
     pub locality_weighted: bool,
+}
+
+/// TCP keepalive settings; unset values keep the kernel's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dead.
+    pub probes: Option<u32>,
+    /// Idle seconds before the first probe.
+    pub time: Option<u32>,
+    /// Seconds between probes.
+    pub interval: Option<u32>,
 }
 
 /// Envoy's default healthy panic threshold.
@@ -234,7 +251,7 @@ impl TryFrom<xcl::Cluster> for Cluster {
             http_protocol_options, http2_protocol_options, dns_refresh_rate, dns_jitter, dns_failure_refresh_rate,
             respect_dns_ttl, dns_lookup_family, dns_resolvers, use_tcp_for_dns_lookups, dns_resolution_config,
             typed_dns_resolver_config, wait_for_warm_on_init, cleanup_interval, upstream_bind_config,
-            lb_subset_config, protocol_selection, upstream_connection_options,
+            lb_subset_config, protocol_selection,
             close_connections_on_host_health_failure, ignore_health_on_host_removal, filters,
             load_balancing_policy, lrs_server, lrs_report_endpoint_metrics, track_timeout_budgets,
             upstream_config, track_cluster_stats, preconnect_policy, connection_pool_per_downstream_connection,
@@ -325,6 +342,23 @@ impl TryFrom<xcl::Cluster> for Cluster {
             .map(|ts| tls::upstream(&ctx.at("transport_socket"), ts))
             .transpose()?;
         let hash_table_size = hash_table_size(&ctx, lb_policy, lb_config)?;
+        let tcp_keepalive = match upstream_connection_options {
+            None => None,
+            Some(o) => {
+                let octx = ctx.at("upstream_connection_options");
+                let xcl::UpstreamConnectionOptions {
+                    tcp_keepalive,
+                    set_local_interface_name_on_upstream_connections,
+                    happy_eyeballs_config,
+                } = o;
+                reject_set!(octx; set_local_interface_name_on_upstream_connections, happy_eyeballs_config);
+                tcp_keepalive.map(|k| TcpKeepalive {
+                    probes: k.keepalive_probes.map(|v| v.value),
+                    time: k.keepalive_time.map(|v| v.value),
+                    interval: k.keepalive_interval.map(|v| v.value),
+                })
+            }
+        };
         let (healthy_panic_threshold, locality_weighted) = match common_lb_config {
             Some(c) => common_lb(&ctx.at("common_lb_config"), c)?,
             None => (DEFAULT_PANIC_THRESHOLD, false),
@@ -341,6 +375,7 @@ impl TryFrom<xcl::Cluster> for Cluster {
             healthy_panic_threshold,
             locality_weighted,
             hash_table_size,
+            tcp_keepalive,
         })
     }
 }
@@ -587,10 +622,15 @@ fn http_options(ctx: &Ctx, o: xh::HttpProtocolOptions) -> Result<HttpOptions, Co
             headers_with_underscores_action,
             max_requests_per_connection,
         } = common;
-        reject_set!(ctx; max_connection_duration, max_connection_duration_jitter, max_headers_count,
+        reject_set!(ctx; max_connection_duration_jitter, max_headers_count,
             max_response_headers_kb, max_stream_duration, headers_with_underscores_action);
         out.idle_timeout = opt_duration(&ctx, "idle_timeout", idle_timeout.as_ref())?;
         out.max_requests_per_connection = max_requests_per_connection.map(|v| v.value);
+        out.max_connection_duration = opt_duration(
+            &ctx,
+            "max_connection_duration",
+            max_connection_duration.as_ref(),
+        )?;
     }
     out.protocol = match upstream_protocol_options {
         None => UpstreamProtocol::Http1,
@@ -695,6 +735,71 @@ pub(crate) mod tests {
         assert_eq!(c.http.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.http.protocol, UpstreamProtocol::Http2);
         assert_eq!(c.tls.unwrap().sni, "sni");
+    }
+
+    #[test]
+    fn keepalive_connection_limits_hashing_and_panic_threshold_convert() {
+        let mut c = eds_cluster("ka");
+        c.lb_policy = xcl::cluster::LbPolicy::Maglev as i32;
+        c.lb_config = Some(xcl::cluster::LbConfig::MaglevLbConfig(
+            xcl::cluster::MaglevLbConfig {
+                table_size: Some(wkt::UInt64Value { value: 1009 }),
+            },
+        ));
+        c.upstream_connection_options = Some(xcl::UpstreamConnectionOptions {
+            tcp_keepalive: Some(xc::TcpKeepalive {
+                keepalive_probes: Some(wkt::UInt32Value { value: 3 }),
+                keepalive_time: Some(wkt::UInt32Value { value: 60 }),
+                keepalive_interval: None,
+            }),
+            ..Default::default()
+        });
+        c.common_lb_config = Some(xcl::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(mesh_proto::envoy::pb::envoy::r#type::v3::Percent {
+                value: 0.0,
+            }),
+            ..Default::default()
+        });
+        let opts = xh::HttpProtocolOptions {
+            common_http_protocol_options: Some(xc::HttpProtocolOptions {
+                max_connection_duration: Some(wkt::Duration {
+                    seconds: 90,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options.insert(
+            HTTP_OPTIONS.into(),
+            wkt::Any {
+                type_url: <xh::HttpProtocolOptions as prost::Name>::type_url(),
+                value: opts.encode_to_vec(),
+            },
+        );
+        let c = Cluster::try_from(c).unwrap();
+        assert_eq!(c.hash_table_size, Some(1009));
+        assert_eq!(
+            c.tcp_keepalive,
+            Some(TcpKeepalive {
+                probes: Some(3),
+                time: Some(60),
+                interval: None
+            })
+        );
+        assert_eq!(
+            c.http.max_connection_duration,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(c.healthy_panic_threshold, 0.0);
+        // A ring config on a maglev cluster is a mistake, named as such.
+        let mut bad = eds_cluster("bad");
+        bad.lb_policy = xcl::cluster::LbPolicy::Maglev as i32;
+        bad.lb_config = Some(xcl::cluster::LbConfig::RingHashLbConfig(Default::default()));
+        assert_eq!(
+            Cluster::try_from(bad).unwrap_err().to_string(),
+            "Cluster bad: invalid ring_hash_lb_config: only valid with lb_policy RING_HASH"
+        );
     }
 
     #[test]

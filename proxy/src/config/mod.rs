@@ -27,7 +27,7 @@ pub use action::{
 };
 pub use cluster::{
     CircuitBreaker, Cluster, DEFAULT_PANIC_THRESHOLD, Discovery, HttpOptions, LbPolicy,
-    OutlierDetection, RetryBudget, UpstreamProtocol,
+    OutlierDetection, RetryBudget, TcpKeepalive, UpstreamProtocol,
 };
 pub use endpoint::{Endpoint, Health, LoadAssignment};
 pub use headers::{AppendAction, HeaderAdd, HeaderMutation};

@@ -307,17 +307,17 @@ fn send<'a>(
         (tls, true) => Box::pin(upstream::send_dedicated(
             request,
             target,
-            cluster.connect_timeout,
+            upstream::ConnOptions::of(cluster),
             tls.clone(),
             shared.svid.clone(),
         )),
         (Some(tls), false) => {
             let (name, tls, svid) = (cluster.name.clone(), tls.clone(), shared.svid.clone());
-            let timeout = cluster.connect_timeout;
+            let opts = upstream::ConnOptions::of(cluster);
             Box::pin(async move {
                 shared
                     .upstreams
-                    .send_mtls_pooled(&name, request, target, timeout, tls, svid)
+                    .send_mtls_pooled(&name, request, target, opts, tls, svid)
                     .await
             })
         }

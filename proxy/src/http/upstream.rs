@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Cluster, UpstreamProtocol};
+use crate::config::{Cluster, TcpKeepalive, UpstreamProtocol};
 
 /// A pooled HTTP client.
 pub type HttpClient = Client<HttpConnector, super::flags::ProxyBody>;
@@ -21,9 +21,95 @@ struct Settings {
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     http2: bool,
+    keepalive: Option<TcpKeepalive>,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<super::flags::ProxyBody>;
+/// Linux's default idle time before keepalive probes, used when a cluster
+/// turns keepalive on without a time.
+const DEFAULT_KEEPALIVE_TIME: Duration = Duration::from_secs(7200);
+
+/// An mTLS connection in the pool: its sender, when it was opened and how
+/// many requests it carried.
+#[derive(Debug)]
+struct Pooled {
+    sender: hyper::client::conn::http1::SendRequest<super::flags::ProxyBody>,
+    opened: tokio::time::Instant,
+    requests: u32,
+}
+
+/// Per-connection limits and socket options of a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConnOptions {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// TCP keepalive.
+    pub keepalive: Option<TcpKeepalive>,
+    /// Requests before a connection is retired.
+    pub max_requests: Option<u32>,
+    /// Age after which a connection takes no new request.
+    pub max_age: Option<Duration>,
+}
+
+impl ConnOptions {
+    /// The options of `cluster`.
+    pub fn of(cluster: &Cluster) -> Self {
+        Self {
+            connect_timeout: cluster.connect_timeout,
+            keepalive: cluster.tcp_keepalive,
+            max_requests: cluster.http.max_requests_per_connection,
+            max_age: cluster.http.max_connection_duration,
+        }
+    }
+
+    /// Whether a connection opened at `opened` that carried `requests` may
+    /// take another request at `now`.
+    pub fn reusable(
+        &self,
+        opened: tokio::time::Instant,
+        requests: u32,
+        now: tokio::time::Instant,
+    ) -> bool {
+        self.max_requests.is_none_or(|m| requests < m)
+            && self
+                .max_age
+                .is_none_or(|age| now.saturating_duration_since(opened) < age)
+    }
+}
+
+/// Turns TCP keepalive on for `tcp` with the given probe settings (unset
+/// ones keep the kernel's).
+pub fn set_keepalive(tcp: &tokio::net::TcpStream, ka: &TcpKeepalive) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(tcp, sockopt::KeepAlive, &true)?;
+    if let Some(t) = ka.time {
+        setsockopt(tcp, sockopt::TcpKeepIdle, &t)?;
+    }
+    if let Some(i) = ka.interval {
+        setsockopt(tcp, sockopt::TcpKeepInterval, &i)?;
+    }
+    if let Some(p) = ka.probes {
+        setsockopt(tcp, sockopt::TcpKeepCount, &p)?;
+    }
+    Ok(())
+}
+
+/// Connects to `target` within the timeout, with nodelay and keepalive.
+async fn connect_tcp(
+    target: std::net::SocketAddr,
+    opts: &ConnOptions,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let tcp = tokio::time::timeout(opts.connect_timeout, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    let _ = tcp.set_nodelay(true);
+    if let Some(ka) = &opts.keepalive
+        && let Err(error) = set_keepalive(&tcp, ka)
+    {
+        tracing::debug!(%error, "cannot set TCP keepalive");
+    }
+    Ok(tcp)
+}
 
 /// Most idle mTLS connections kept per cluster endpoint.
 const MAX_IDLE_MTLS: usize = 32;
@@ -33,7 +119,7 @@ const MAX_IDLE_MTLS: usize = 32;
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<String, (Settings, HttpClient)>>,
-    mtls_idle: Mutex<HashMap<(String, std::net::SocketAddr), Vec<Sender>>>,
+    mtls_idle: Mutex<HashMap<(String, std::net::SocketAddr), Vec<Pooled>>>,
 }
 
 impl Upstreams {
@@ -49,6 +135,7 @@ impl Upstreams {
             connect_timeout: cluster.connect_timeout,
             idle_timeout: cluster.http.idle_timeout,
             http2,
+            keepalive: cluster.tcp_keepalive,
         };
         let key = if http2 {
             format!("{}#h2", cluster.name)
@@ -64,6 +151,14 @@ impl Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
+        if let Some(ka) = settings.keepalive {
+            connector.set_keepalive(Some(
+                ka.time
+                    .map_or(DEFAULT_KEEPALIVE_TIME, |t| Duration::from_secs(t.into())),
+            ));
+            connector.set_keepalive_interval(ka.interval.map(|i| Duration::from_secs(i.into())));
+            connector.set_keepalive_retries(ka.probes);
+        }
         let mut builder = Client::builder(TokioExecutor::new());
         // Envoy's default upstream idle timeout is one hour.
         builder.pool_idle_timeout(settings.idle_timeout.unwrap_or(Duration::from_secs(3600)));
@@ -103,34 +198,32 @@ impl Upstreams {
     /// Sends a request over a pooled mTLS connection to `target`, opening
     /// one when no idle connection is at hand. A connection goes back to the
     /// pool as soon as the request is sent; it is reused once its response
-    /// has been read (`is_ready`).
+    /// has been read (`is_ready`). A connection past the cluster's
+    /// `max_requests_per_connection` or `max_connection_duration` is
+    /// retired instead of reused.
     pub async fn send_mtls_pooled(
         &self,
         cluster: &str,
         req: http::Request<super::flags::ProxyBody>,
         target: std::net::SocketAddr,
-        connect_timeout: Duration,
+        opts: ConnOptions,
         tls: crate::config::UpstreamTls,
         svid: crate::tls::SvidReceiver,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let key = (cluster.to_owned(), target);
+        let now = tokio::time::Instant::now();
         let idle = {
             let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
             let list = pool.entry(key.clone()).or_default();
-            list.retain(|s| !s.is_closed());
+            list.retain(|p| !p.sender.is_closed() && opts.reusable(p.opened, p.requests, now));
             list.iter()
-                .position(|s| s.is_ready())
+                .position(|p| p.sender.is_ready())
                 .map(|i| list.swap_remove(i))
         };
-        let mut sender = match idle {
-            Some(s) => s,
+        let mut conn = match idle {
+            Some(p) => p,
             None => {
-                let tcp =
-                    tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
-                        .await
-                        .map_err(|e| UpstreamError::Connect(Box::new(e)))?
-                        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-                let _ = tcp.set_nodelay(true);
+                let tcp = connect_tcp(target, &opts).await?;
                 let stream = crate::tls::connect(tcp, &svid, &tls)
                     .await
                     .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
@@ -141,15 +234,22 @@ impl Upstreams {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                sender
+                Pooled {
+                    sender,
+                    opened: now,
+                    requests: 0,
+                }
             }
         };
-        let fut = sender.send_request(origin_form(req));
-        {
+        let fut = conn.sender.send_request(origin_form(req));
+        conn.requests += 1;
+        // A retired connection is dropped here: it closes once its last
+        // response is read.
+        if opts.reusable(conn.opened, conn.requests, now) {
             let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
             let list = pool.entry(key).or_default();
             if list.len() < MAX_IDLE_MTLS {
-                list.push(sender);
+                list.push(conn);
             }
         }
         fut.await.map_err(UpstreamError::Http)
@@ -172,15 +272,11 @@ fn origin_form<B>(req: http::Request<B>) -> http::Request<B> {
 pub async fn send_dedicated(
     req: http::Request<super::flags::ProxyBody>,
     target: std::net::SocketAddr,
-    connect_timeout: Duration,
+    opts: ConnOptions,
     tls: Option<crate::config::UpstreamTls>,
     svid: crate::tls::SvidReceiver,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
-    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
-        .await
-        .map_err(|e| UpstreamError::Connect(Box::new(e)))?
-        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(target, &opts).await?;
     match tls {
         Some(tls) => {
             let stream = crate::tls::connect(tcp, &svid, &tls)
@@ -217,4 +313,57 @@ where
         .send_request(http::Request::from_parts(parts, body))
         .await
         .map_err(UpstreamError::Http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let opts = ConnOptions {
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Some(TcpKeepalive {
+                probes: Some(4),
+                time: Some(30),
+                interval: Some(5),
+            }),
+            ..Default::default()
+        };
+        let tcp = connect_tcp(l.local_addr().unwrap(), &opts).await.unwrap();
+        assert!(getsockopt(&tcp, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepIdle).unwrap(), 30);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepInterval).unwrap(), 5);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepCount).unwrap(), 4);
+        let plain = connect_tcp(
+            l.local_addr().unwrap(),
+            &ConnOptions {
+                connect_timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!getsockopt(&plain, sockopt::KeepAlive).unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_retire_after_max_requests_or_max_duration() {
+        let opts = ConnOptions {
+            max_requests: Some(3),
+            max_age: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let opened = tokio::time::Instant::now();
+        assert!(opts.reusable(opened, 2, opened));
+        assert!(
+            !opts.reusable(opened, 3, opened),
+            "third request was the last"
+        );
+        let later = opened + Duration::from_secs(61);
+        assert!(!opts.reusable(opened, 0, later), "too old");
+        assert!(ConnOptions::default().reusable(opened, 1_000_000, later));
+    }
 }
