@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -15,9 +14,9 @@ use tonic::{Status, Streaming};
 use bytes::Bytes;
 
 use super::cache::{ClassConfig, TypeSet};
+use super::stream;
 use super::wire::WireResponse;
 use super::{XdsState, known_type, wildcard_by_default};
-use crate::node::ProxyNode;
 use crate::translate::{self, PUSH_ORDER, short_type};
 
 /// Most resources in one delta response.
@@ -63,12 +62,8 @@ impl TypeState {
 }
 
 struct Conn {
-    state: Arc<XdsState>,
-    conn: u64,
-    tx: mpsc::Sender<Result<WireResponse, Status>>,
+    base: stream::Base<WireResponse>,
     types: HashMap<&'static str, TypeState>,
-    snapshot_version: u64,
-    slot: super::PushSlot,
 }
 
 /// Serves one delta stream until the client leaves.
@@ -78,82 +73,46 @@ pub async fn run(
     tx: mpsc::Sender<Result<WireResponse, Status>>,
     peer: Option<mesh_ca::SpiffeId>,
 ) {
-    let first = match requests.message().await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
-    let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first DeltaDiscoveryRequest of a stream must carry `node`",
-            )))
-            .await;
+    let what = ("DeltaDiscoveryRequest", "delta");
+    let opened = stream::open(
+        &state,
+        &mut requests,
+        |r| r.node.as_ref(),
+        what,
+        peer.as_ref(),
+        &tx,
+    );
+    let Some((opened, first)) = opened.await else {
         return;
     };
-    let proxy = ProxyNode::from_node(node);
-    if let Err(status) = super::authorize(peer.as_ref(), &proxy) {
-        let _ = tx.send(Err(status)).await;
-        return;
-    }
-    let guard = state.open(&proxy, "delta");
-    let mut snapshots = state.builder.subscribe();
-    let snapshot = snapshots.borrow_and_update().clone();
-    let mut config = state.config_for(&snapshot, &proxy).await;
     let mut c = Conn {
-        state: state.clone(),
-        conn: guard.conn,
-        tx,
+        base: stream::Base::new(&state, &opened, tx),
         types: HashMap::new(),
-        snapshot_version: snapshot.version,
-        slot: super::PushSlot::new(state.push_slots.clone()),
     };
-    let mut pending = Some(first);
-    loop {
-        let req = match pending.take() {
-            Some(r) => r,
-            None => tokio::select! {
-                r = requests.message() => match r {
-                    Ok(Some(r)) => r,
-                    _ => break,
-                },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if c.slot.is_held() => {
-                    c.slot.expire();
-                    continue;
-                }
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let started = Instant::now();
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    c.snapshot_version = snapshot.version;
-                    config = state.config_for(&snapshot, &proxy).await;
-                    let mut failed = false;
-                    for ty in PUSH_ORDER {
-                        if c.types.get(ty).is_some_and(|t| t.subscribed) && c.send(&config, ty, &[], &[]).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed {
-                        break;
-                    }
-                    state.metrics.push_time.observe(started.elapsed().as_secs_f64());
-                    continue;
-                }
-            },
-        };
-        if c.handle(req, &config).await.is_err() {
-            break;
-        }
-    }
-    drop(guard);
+    stream::serve(&state, &mut c, requests, opened, first).await;
 }
 
-impl Conn {
+impl stream::StreamConn for Conn {
+    type Request = DeltaDiscoveryRequest;
+    type Response = WireResponse;
+
+    fn base(&mut self) -> &mut stream::Base<WireResponse> {
+        &mut self.base
+    }
+
+    /// Pushes what changed of every subscribed type.
+    async fn push_all(&mut self, config: &ClassConfig) -> Result<(), ()> {
+        for ty in PUSH_ORDER {
+            if self.types.get(ty).is_some_and(|t| t.subscribed) {
+                self.send(config, ty, &[], &[]).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, req: DeltaDiscoveryRequest, config: &ClassConfig) -> Result<(), ()> {
         let Some(ty) = known_type(&req.type_url) else {
-            tracing::warn!(conn = self.conn, type_url = %req.type_url, "delta request for a type meshd does not serve; ignored");
+            tracing::warn!(conn = self.base.conn, type_url = %req.type_url, "delta request for a type meshd does not serve; ignored");
             return Ok(());
         };
         let t = self.types.entry(ty).or_default();
@@ -174,18 +133,19 @@ impl Conn {
             t.pending = false;
             let version = t.sent_version.clone().unwrap_or_default();
             if let Some(err) = &req.error_detail {
-                tracing::warn!(conn = self.conn, r#type = short_type(ty), error = %err.message, "proxy rejected delta config (NACK)");
-                self.state
+                tracing::warn!(conn = self.base.conn, r#type = short_type(ty), error = %err.message, "proxy rejected delta config (NACK)");
+                self.base
+                    .state
                     .status
-                    .nacked(self.conn, ty, &version, &err.message);
-                self.state.metrics.rejected(short_type(ty));
+                    .nacked(self.base.conn, ty, &version, &err.message);
+                self.base.state.metrics.rejected(short_type(ty));
             } else {
-                self.state.status.acked(self.conn, ty, &version);
+                self.base.state.status.acked(self.base.conn, ty, &version);
             }
         }
         let mut changed = first;
         if !self.types.values().any(|t| t.pending) {
-            self.slot.release();
+            self.base.slot.release();
         }
         let t = self.types.entry(ty).or_default();
         let star = |v: &[String]| v.iter().any(|n| n == "*");
@@ -223,7 +183,9 @@ impl Conn {
         }
         Ok(())
     }
+}
 
+impl Conn {
     /// Sends what the client lacks of `ty`: `announce` are the names the
     /// request subscribed (a missing one is named removed), `fresh` those the
     /// client had not subscribed before (so it has none of them).
@@ -319,7 +281,7 @@ impl Conn {
             return Ok(());
         }
         let wanted_count = if t.wildcard { all.len() } else { t.names.len() };
-        self.slot.acquire().await;
+        self.base.slot.acquire().await;
         t.pending = true;
         let version = set.version().to_string();
         // Large updates go out in batches: smaller messages interleave
@@ -333,19 +295,19 @@ impl Conn {
             rest = tail;
         }
         batches.push(rest);
-        let nonces: Vec<String> = batches.iter().map(|_| self.state.nonce()).collect();
+        let nonces: Vec<String> = batches.iter().map(|_| self.base.state.nonce()).collect();
         let last_nonce = nonces.last().cloned().unwrap_or_default();
         t.sent_nonce = Some(last_nonce.clone());
         t.sent_version = Some(version.clone());
-        self.state.status.sent(
-            self.conn,
+        self.base.state.status.sent(
+            self.base.conn,
             ty,
             &version,
             &last_nonce,
             wanted_count,
-            self.snapshot_version,
+            self.base.snapshot_version,
         );
-        self.state.metrics.pushed(short_type(ty));
+        self.base.state.metrics.pushed(short_type(ty));
         let n = batches.len();
         let mut removed = Some(removed);
         for (i, (batch, nonce)) in batches.into_iter().zip(nonces).enumerate() {
@@ -362,7 +324,7 @@ impl Conn {
                 ..Default::default()
             };
             let resp = WireResponse::new(&header, batch);
-            self.tx.send(Ok(resp)).await.map_err(|_| ())?;
+            self.base.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
         Ok(())
     }

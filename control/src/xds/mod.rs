@@ -6,6 +6,7 @@ pub mod cache;
 pub mod delta;
 pub mod sotw;
 pub mod status;
+mod stream;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -5,15 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::cache::ClassConfig;
+use super::stream;
 use super::{XdsState, known_type, wildcard_by_default};
-use crate::node::ProxyNode;
 use crate::translate::{self, Generated, PUSH_ORDER, short_type};
 
 #[derive(Debug, Default)]
@@ -32,12 +31,8 @@ struct TypeState {
 }
 
 struct Conn {
-    state: Arc<XdsState>,
-    conn: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    base: stream::Base<DiscoveryResponse>,
     types: HashMap<&'static str, TypeState>,
-    snapshot_version: u64,
-    slot: super::PushSlot,
 }
 
 /// Serves one SotW stream until the client leaves.
@@ -47,85 +42,31 @@ pub async fn run(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     peer: Option<mesh_ca::SpiffeId>,
 ) {
-    let first = match requests.message().await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(error = %e, "xDS stream failed before its first request");
-            return;
-        }
-    };
-    let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first DiscoveryRequest of a stream must carry `node`",
-            )))
-            .await;
+    let what = ("DiscoveryRequest", "sotw");
+    let opened = stream::open(
+        &state,
+        &mut requests,
+        |r| r.node.as_ref(),
+        what,
+        peer.as_ref(),
+        &tx,
+    );
+    let Some((opened, first)) = opened.await else {
         return;
     };
-    let proxy = ProxyNode::from_node(node);
-    if let Err(status) = super::authorize(peer.as_ref(), &proxy) {
-        let _ = tx.send(Err(status)).await;
-        return;
-    }
-    let guard = state.open(&proxy, "sotw");
-    let mut snapshots = state.builder.subscribe();
-    let snapshot = snapshots.borrow_and_update().clone();
-    let mut config = state.config_for(&snapshot, &proxy).await;
     let mut c = Conn {
-        state: state.clone(),
-        conn: guard.conn,
-        tx,
+        base: stream::Base::new(&state, &opened, tx),
         types: HashMap::new(),
-        snapshot_version: snapshot.version,
-        slot: super::PushSlot::new(state.push_slots.clone()),
     };
-    let mut pending = Some(first);
-    loop {
-        let req = match pending.take() {
-            Some(r) => r,
-            None => tokio::select! {
-                r = requests.message() => match r {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(conn = c.conn, error = %e, "xDS stream ended");
-                        break;
-                    }
-                },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if c.slot.is_held() => {
-                    c.slot.expire();
-                    continue;
-                }
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let started = Instant::now();
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    c.snapshot_version = snapshot.version;
-                    config = state.config_for(&snapshot, &proxy).await;
-                    if c.push_all(&config).await.is_err() {
-                        break;
-                    }
-                    state.metrics.push_time.observe(started.elapsed().as_secs_f64());
-                    continue;
-                }
-            },
-        };
-        if c.handle(req, &config).await.is_err() {
-            break;
-        }
-    }
-    drop(guard);
+    stream::serve(&state, &mut c, requests, opened, first).await;
 }
 
-impl Conn {
-    /// Gives the push slot back once nothing awaits an ACK.
-    fn settle(&mut self) {
-        if !self.types.values().any(|t| t.pending) {
-            self.slot.release();
-        }
+impl stream::StreamConn for Conn {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn base(&mut self) -> &mut stream::Base<DiscoveryResponse> {
+        &mut self.base
     }
 
     async fn push_all(&mut self, config: &ClassConfig) -> Result<(), ()> {
@@ -139,7 +80,7 @@ impl Conn {
 
     async fn handle(&mut self, req: DiscoveryRequest, config: &ClassConfig) -> Result<(), ()> {
         let Some(ty) = known_type(&req.type_url) else {
-            tracing::warn!(conn = self.conn, type_url = %req.type_url, "request for a type meshd does not serve; ignored");
+            tracing::warn!(conn = self.base.conn, type_url = %req.type_url, "request for a type meshd does not serve; ignored");
             return Ok(());
         };
         let names: HashSet<u64> = req
@@ -157,11 +98,12 @@ impl Conn {
             t.pending = false;
             if let Some(err) = &req.error_detail {
                 let version = t.sent_version.clone().unwrap_or_default();
-                tracing::warn!(conn = self.conn, r#type = short_type(ty), %version, error = %err.message, "proxy rejected config (NACK); it keeps its last good config");
-                self.state
+                tracing::warn!(conn = self.base.conn, r#type = short_type(ty), %version, error = %err.message, "proxy rejected config (NACK); it keeps its last good config");
+                self.base
+                    .state
                     .status
-                    .nacked(self.conn, ty, &version, &err.message);
-                self.state.metrics.rejected(short_type(ty));
+                    .nacked(self.base.conn, ty, &version, &err.message);
+                self.base.state.metrics.rejected(short_type(ty));
                 if t.names != names {
                     t.sent_set = None;
                 }
@@ -169,7 +111,10 @@ impl Conn {
                 self.settle();
                 return Ok(());
             }
-            self.state.status.acked(self.conn, ty, &req.version_info);
+            self.base
+                .state
+                .status
+                .acked(self.base.conn, ty, &req.version_info);
             let changed = !t.wildcard && t.names != names;
             if changed {
                 t.sent_set = None;
@@ -190,11 +135,20 @@ impl Conn {
             let current = translate::set_version_of(selected(config, ty, t));
             if current == req.version_info {
                 t.sent_version = Some(current.clone());
-                self.state.status.acked(self.conn, ty, &current);
+                self.base.state.status.acked(self.base.conn, ty, &current);
                 return Ok(());
             }
         }
         self.send(config, ty, true).await
+    }
+}
+
+impl Conn {
+    /// Gives the push slot back once nothing awaits an ACK.
+    fn settle(&mut self) {
+        if !self.types.values().any(|t| t.pending) {
+            self.base.slot.release();
+        }
     }
 
     async fn send(
@@ -214,12 +168,12 @@ impl Conn {
         if !force && t.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        self.slot.acquire().await;
+        self.base.slot.acquire().await;
         t.pending = true;
         let resources: Vec<_> = selected(config, ty, t)
             .map(|(_, g)| g.any.clone())
             .collect();
-        let nonce = self.state.nonce();
+        let nonce = self.base.state.nonce();
         t.sent_version = Some(version.clone());
         t.sent_nonce = Some(nonce.clone());
         let count = resources.len();
@@ -230,16 +184,16 @@ impl Conn {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.state.status.sent(
-            self.conn,
+        self.base.state.status.sent(
+            self.base.conn,
             ty,
             &version,
             &nonce,
             count,
-            self.snapshot_version,
+            self.base.snapshot_version,
         );
-        self.state.metrics.pushed(short_type(ty));
-        self.tx.send(Ok(resp)).await.map_err(|_| ())
+        self.base.state.metrics.pushed(short_type(ty));
+        self.base.tx.send(Ok(resp)).await.map_err(|_| ())
     }
 }
 
