@@ -23,6 +23,12 @@ pub struct AgentConfig {
     pub health: SocketAddr,
     /// Prometheus port address.
     pub prometheus: SocketAddr,
+    /// Merged (proxy + app) metrics port address (Istio's status port).
+    pub status: SocketAddr,
+    /// The app's probes served under `/app-health/...` on the health port.
+    pub app_probers: crate::app_probe::AppProbers,
+    /// Where the app's own metrics are, for the merged metrics.
+    pub app_metrics: Option<crate::health::AppMetrics>,
     /// Port for `virtualOutbound`.
     pub outbound_port: u16,
     /// Port for `virtualInbound`.
@@ -34,6 +40,8 @@ pub struct AgentConfig {
     /// Where to get this workload's SVID; without it mTLS chains and
     /// clusters fail closed.
     pub identity: Option<mesh_ca::client::CaClientConfig>,
+    /// An SVID loaded from files (`--cert-dir`), used when no CA is set.
+    pub static_svid: Option<std::sync::Arc<crate::tls::Svid>>,
 }
 
 impl AgentConfig {
@@ -48,11 +56,15 @@ impl AgentConfig {
             admin: SocketAddr::new(local, 15000),
             health: SocketAddr::new(any, 15021),
             prometheus: SocketAddr::new(any, 15090),
+            status: SocketAddr::new(any, 15020),
+            app_probers: Default::default(),
+            app_metrics: None,
             outbound_port: 15001,
             inbound_port: 15006,
             drain_timeout: Duration::from_secs(5),
             principal: "unknown".into(),
             identity: None,
+            static_svid: None,
         }
     }
 }
@@ -110,7 +122,15 @@ pub async fn run(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             crate::identity::spawn(ca, &shared.metrics, svid_tx);
         }
-        None => warn!("no CA configured (--ca-address): mTLS listeners and clusters fail closed"),
+        None => match cfg.static_svid.clone() {
+            Some(svid) => {
+                info!("using the SVID from --cert-dir (no rotation)");
+                svid_tx.send_replace(Some(svid));
+            }
+            None => {
+                warn!("no CA configured (--ca-address): mTLS listeners and clusters fail closed")
+            }
+        },
     }
     if let Some(ctl) = log_control {
         let _ = shared.log_control.set(ctl);
@@ -119,7 +139,23 @@ pub async fn run(
     let health = bind("health", cfg.health).await?;
     let prom = bind("prometheus", cfg.prometheus).await?;
     tokio::spawn(admin::serve(admin, Role::Admin, shared.clone()));
-    tokio::spawn(admin::serve(health, Role::Health, shared.clone()));
+    tokio::spawn(crate::health::serve_health(
+        health,
+        shared.clone(),
+        std::sync::Arc::new(cfg.app_probers.clone()),
+    ));
+    // Not fatal: several proxies on one host (explicit mode, tests) would
+    // otherwise collide on 15020; only the merged metrics are lost.
+    match bind("status", cfg.status).await {
+        Ok(status) => {
+            tokio::spawn(crate::health::serve_merged(
+                status,
+                shared.clone(),
+                cfg.app_metrics.clone(),
+            ));
+        }
+        Err(error) => warn!(%error, "merged metrics (proxy + app) are not served"),
+    }
     tokio::spawn(admin::serve(prom, Role::Prometheus, shared.clone()));
     info!(address = %cfg.xds.address, node = %cfg.xds.node.node_id(), "connecting to the control plane");
     tokio::spawn(client.run());
