@@ -11,7 +11,7 @@ use mesh_model::networking::{
     OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
 };
 use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection,
+    CircuitBreakers, Cluster, OutlierDetection, UpstreamConnectionOptions,
     circuit_breakers::Thresholds,
     cluster::{
         ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
@@ -20,7 +20,7 @@ use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
 };
 use mesh_proto::envoy::pb::envoy::config::core::v3::{
     Address, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, SocketAddress,
-    TransportSocket, address, socket_address, transport_socket,
+    TcpKeepalive as CoreTcpKeepalive, TransportSocket, address, socket_address, transport_socket,
 };
 use mesh_proto::envoy::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -154,6 +154,21 @@ fn outbound_cluster(
         circuit_breakers: pool.map(circuit_breakers),
         outlier_detection: outlier.map(outlier_detection),
         lb_config: lb.and_then(hash_lb_config),
+        upstream_connection_options: pool
+            .and_then(|p| p.tcp.as_ref())
+            .and_then(|t| t.tcp_keepalive.as_ref())
+            .map(|ka| UpstreamConnectionOptions {
+                tcp_keepalive: Some(CoreTcpKeepalive {
+                    keepalive_probes: ka.probes.map(|value| UInt32Value { value }),
+                    keepalive_time: istio_duration(ka.time.as_ref()).map(|d| UInt32Value {
+                        value: d.seconds.clamp(1, i64::from(u32::MAX)) as u32,
+                    }),
+                    keepalive_interval: istio_duration(ka.interval.as_ref()).map(|d| UInt32Value {
+                        value: d.seconds.clamp(1, i64::from(u32::MAX)) as u32,
+                    }),
+                }),
+                ..Default::default()
+            }),
         // Istio: with outlier detection, panic starts below
         // minHealthPercent (default 0: never).
         common_lb_config: outlier.map(|o| CommonLbConfig {
@@ -266,7 +281,11 @@ fn http_options(
     let http = pool.and_then(|p| p.http.as_ref());
     let idle = http.and_then(|h| istio_duration(h.idle_timeout.as_ref()));
     let max_req = u32v(http.and_then(|h| h.max_requests_per_connection));
-    if idle.is_none() && max_req.is_none() && protocol != Protocol::Http2 {
+    let max_duration = pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| istio_duration(t.max_connection_duration.as_ref()));
+    if idle.is_none() && max_req.is_none() && max_duration.is_none() && protocol != Protocol::Http2
+    {
         return None;
     }
     let protocol_config = if protocol == Protocol::Http2 {
@@ -282,6 +301,7 @@ fn http_options(
         common_http_protocol_options: Some(CoreHttpOptions {
             idle_timeout: idle,
             max_requests_per_connection: max_req,
+            max_connection_duration: max_duration,
             ..Default::default()
         }),
         upstream_protocol_options: Some(
@@ -523,5 +543,32 @@ spec:
         assert_eq!(m.table_size.unwrap().value, 1009);
         // No outlier detection on the subset's own policy: no panic setting.
         assert!(v1.common_lb_config.is_none());
+    }
+
+    #[tokio::test]
+    async fn tcp_keepalive_and_max_connection_duration_reach_the_cluster() {
+        let yaml = HASHED.replace(
+            "outlierDetection: {consecutive5xxErrors: 2, minHealthPercent: 40}",
+            "connectionPool: {tcp: {maxConnectionDuration: 1h, tcpKeepalive: {time: 30s, interval: 5s, probes: 4}}}",
+        );
+        let snap = snapshot(&yaml).await;
+        let cfg = generate(&snap, &proxy());
+        let all = cluster(&cfg, "outbound|80||backend.default.svc.cluster.local");
+        let ka = all
+            .upstream_connection_options
+            .unwrap()
+            .tcp_keepalive
+            .unwrap();
+        assert_eq!(ka.keepalive_time.unwrap().value, 30);
+        assert_eq!(ka.keepalive_interval.unwrap().value, 5);
+        assert_eq!(ka.keepalive_probes.unwrap().value, 4);
+        let any = &all.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let opts = HttpProtocolOptions::decode(any.value.as_slice()).unwrap();
+        let d = opts
+            .common_http_protocol_options
+            .unwrap()
+            .max_connection_duration
+            .unwrap();
+        assert_eq!(d.seconds, 3600);
     }
 }
