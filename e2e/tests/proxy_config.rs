@@ -116,6 +116,15 @@ fn meshctl_proxy_config_lists_a_sidecars_clusters_and_check_passes() {
         accepted.contains("reviews.default.svc.cluster.local"),
         "{accepted}"
     );
+    // With --admin, OUTLIER CHECK comes from the proxy's /clusters.
+    let endpoints = admin(&["proxy-config", "endpoints", "--cluster", REVIEWS]);
+    assert!(
+        endpoints.lines().skip(1).any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1..) == Some(&["HEALTHY", "OK", REVIEWS][..])
+        }),
+        "{endpoints}"
+    );
 
     // meshctl check passes on the running mesh.
     let (code, out, err) = run(&["check"]);

@@ -192,11 +192,22 @@ pub fn selected(dump: &Dump, kind: Kind) -> Value {
 /// The table(s) of `kind`; `now` (seconds since the epoch) judges
 /// certificate validity.
 pub fn short(dump: &Dump, kind: Kind, filter: &Filter, now: i64) -> String {
+    short_with(dump, kind, filter, now, None)
+}
+
+/// [`short`], with the endpoints a proxy has ejected (from `--admin`).
+pub fn short_with(
+    dump: &Dump,
+    kind: Kind,
+    filter: &Filter,
+    now: i64,
+    ejected: Option<&tables::Ejected>,
+) -> String {
     match kind {
         Kind::Listeners => tables::listeners(dump, filter),
         Kind::Routes => tables::routes(dump, filter),
         Kind::Clusters => tables::clusters(dump, filter),
-        Kind::Endpoints => tables::endpoints(dump, filter),
+        Kind::Endpoints => tables::endpoints_with(dump, filter, ejected),
         Kind::Secret => secret::secrets(dump, filter.name.as_deref(), now),
         Kind::Bootstrap => tables::bootstrap(dump),
         Kind::All => {
@@ -207,7 +218,7 @@ pub fn short(dump: &Dump, kind: Kind, filter: &Filter, now: i64) -> String {
                 Kind::Routes,
                 Kind::Endpoints,
             ] {
-                out.push_str(&short(dump, k, filter, now));
+                out.push_str(&short_with(dump, k, filter, now, ejected));
                 out.push('\n');
             }
             if dump.has_secrets() {
@@ -241,7 +252,20 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            print!("{}", short(&dump, args.kind, &args.filter(), now));
+            // The proxy knows which endpoints it ejected; meshd does not.
+            let ejected = match (&args.admin, args.kind) {
+                (Some(admin), Kind::Endpoints | Kind::All) => {
+                    match admin_get(admin, "/clusters").await {
+                        Ok((200, Value::String(text))) => Some(tables::parse_ejected(&text)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            print!(
+                "{}",
+                short_with(&dump, args.kind, &args.filter(), now, ejected.as_ref())
+            );
         }
     }
     Ok(0)

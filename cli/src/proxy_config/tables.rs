@@ -332,11 +332,40 @@ pub fn routes(dump: &Dump, f: &Filter) -> String {
     )
 }
 
+/// Endpoints a proxy's outlier detection has ejected, as
+/// (cluster, `address:port`), from its admin `/clusters`.
+pub type Ejected = std::collections::BTreeSet<(String, String)>;
+
+/// Reads the ejected endpoints from the admin `/clusters` text
+/// (`cluster::address::health_flags::flags::...`, Envoy's layout).
+pub fn parse_ejected(clusters: &str) -> Ejected {
+    clusters
+        .lines()
+        .filter_map(|l| {
+            let parts: Vec<&str> = l.split("::").collect();
+            match parts.as_slice() {
+                [cluster, addr, "health_flags", flags, ..]
+                    if flags.contains("failed_outlier_check") =>
+                {
+                    Some((cluster.to_string(), addr.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// `ENDPOINT  STATUS  OUTLIER CHECK  CLUSTER`: EDS assignments, then the
 /// inline assignments of static clusters. A config dump does not carry
-/// outlier detection state, so OUTLIER CHECK is `-` (istioctl reads it from
-/// Envoy's `/clusters`).
+/// outlier detection state: with the proxy's ejections (its admin
+/// `/clusters`, as istioctl reads Envoy's) OUTLIER CHECK is `OK` or
+/// `FAILED`, without them `-`.
 pub fn endpoints(dump: &Dump, f: &Filter) -> String {
+    endpoints_with(dump, f, None)
+}
+
+/// [`endpoints`] with the proxy's ejected endpoints.
+pub fn endpoints_with(dump: &Dump, f: &Filter, ejected: Option<&Ejected>) -> String {
     let mut assignments = dump.endpoints();
     let eds: Vec<String> = assignments
         .iter()
@@ -369,10 +398,16 @@ pub fn endpoints(dump: &Dump, f: &Filter) -> String {
                     "" | "UNKNOWN" => "HEALTHY",
                     s => s,
                 };
+                let endpoint = format!("{addr}:{}", port.unwrap_or(0));
+                let outlier = match ejected {
+                    None => "-",
+                    Some(set) if set.contains(&(cluster.to_string(), endpoint.clone())) => "FAILED",
+                    Some(_) => "OK",
+                };
                 rows.push(vec![
-                    format!("{addr}:{}", port.unwrap_or(0)),
+                    endpoint,
                     status.to_string(),
-                    "-".to_string(),
+                    outlier.to_string(),
                     cluster.to_string(),
                 ]);
             }
@@ -434,6 +469,16 @@ mod tests {
         let n = parse_cluster_name("BlackHoleCluster");
         assert_eq!(n.fqdn, "BlackHoleCluster");
         assert_eq!(n.port, None);
+    }
+
+    #[test]
+    fn ejected_endpoints_are_read_from_admin_clusters() {
+        let text = "c::lb_policy::RoundRobin\nc::10.0.0.1:80::health_flags::healthy::weight::1::priority::0::locality::\nc::10.0.0.2:80::health_flags::/failed_outlier_check::weight::1::priority::0::locality::\n";
+        let ejected = parse_ejected(text);
+        assert_eq!(
+            ejected.into_iter().collect::<Vec<_>>(),
+            [("c".to_string(), "10.0.0.2:80".to_string())]
+        );
     }
 
     #[test]
