@@ -260,3 +260,72 @@ async fn writes_through_meshd_are_refused_with_a_kubectl_hint() {
     let err = store.delete(Vec::new()).await.unwrap_err();
     assert!(err.to_string().contains("kubectl delete"), "{err}");
 }
+
+#[tokio::test]
+async fn the_leader_writes_accepted_conditions_with_the_field_path_into_status() {
+    let store = KubeStore::new();
+    let mut broken = vs("broken", "11", 4, &["reviews"], 60);
+    broken["spec"]["http"][0]["route"][1]["weight"] = json!(60);
+    let good = vs("reviews", "10", 1, &["reviews"], 90);
+    let objects: Vec<kube::api::DynamicObject> = [good, broken]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    store.replace_kind(Kind::VirtualService, objects);
+    assert_eq!(store.pending_status().len(), 2);
+
+    let (client, handle) = pair();
+    let (seen, _server) = kube_support::serve(handle, |req| Reply::Json(200, req.body.clone()));
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
+    let writer = store.spawn_status_writer(client, leader);
+    tokio::task::yield_now().await;
+    assert!(seen.lock().unwrap().is_empty(), "only the leader writes");
+    leader_tx.send(true).unwrap();
+    kube_support::eventually("two status writes", || seen.lock().unwrap().len() == 2).await;
+    let seen = seen.lock().unwrap();
+    let broken = seen
+        .iter()
+        .find(|r| r.path.ends_with("/broken/status"))
+        .expect("a write for the invalid object");
+    assert_eq!(broken.method, Method::PATCH);
+    assert_eq!(
+        broken.path,
+        "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/broken/status"
+    );
+    assert_eq!(
+        broken.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    let c = &broken.body["status"]["conditions"][0];
+    assert_eq!(
+        (c["type"].as_str(), c["status"].as_str()),
+        (Some("Accepted"), Some("False"))
+    );
+    assert_eq!(c["observedGeneration"], 4);
+    assert!(
+        c["message"].as_str().unwrap().contains("spec.http[0]"),
+        "{c}"
+    );
+    let good = seen
+        .iter()
+        .find(|r| r.path.ends_with("/reviews/status"))
+        .unwrap();
+    assert_eq!(good.body["status"]["conditions"][0]["status"], "True");
+    drop(seen);
+    assert!(store.pending_status().is_empty());
+
+    // An object that already carries the status it should have is not rewritten.
+    let mut settled = vs("reviews", "12", 1, &["reviews"], 90);
+    settled["status"] = good_status();
+    store.apply_object(
+        Kind::VirtualService,
+        serde_json::from_value(settled).unwrap(),
+    );
+    assert!(store.pending_status().is_empty());
+    writer.abort();
+}
+
+fn good_status() -> Value {
+    json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Valid",
+                           "message": "accepted by meshd", "observedGeneration": 1}]})
+}

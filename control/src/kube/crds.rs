@@ -8,7 +8,7 @@
 //! naming the field path (its last valid version, if any, stays served).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ::kube::Client;
 use ::kube::api::{Api, ApiResource, DynamicObject};
@@ -17,7 +17,7 @@ use ::kube::runtime::watcher::{self, Event};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use mesh_model::Kind;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::store::{
     ConfigStore, EventType, NewObject, ResourceKey, StoreError, StoredObject, WatchEvent,
@@ -53,6 +53,9 @@ struct Inner {
     state: RwLock<State>,
     events: broadcast::Sender<WatchEvent>,
     synced: watch::Sender<BTreeSet<Kind>>,
+    // Statuses to write (the object's differs), latest per object.
+    status: Mutex<BTreeMap<ResourceKey, (Kind, serde_json::Value)>>,
+    status_changed: Notify,
 }
 
 /// Read-only [`ConfigStore`] over the mesh's custom resources.
@@ -76,6 +79,8 @@ impl KubeStore {
                 state: RwLock::new(State::default()),
                 events,
                 synced: watch::Sender::new(BTreeSet::new()),
+                status: Mutex::new(BTreeMap::new()),
+                status_changed: Notify::new(),
             }),
         }
     }
@@ -155,6 +160,7 @@ impl KubeStore {
             let mut s = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
             let mut seen = BTreeSet::new();
             for obj in listed {
+                self.note_status(kind, &obj);
                 if let Some(key) = upsert(&mut s, kind, obj, &mut events) {
                     seen.insert(key);
                 }
@@ -179,6 +185,7 @@ impl KubeStore {
         let mut events = Vec::new();
         {
             let mut s = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
+            self.note_status(kind, &obj);
             upsert(&mut s, kind, obj, &mut events);
         }
         self.publish(events);
@@ -195,12 +202,97 @@ impl KubeStore {
                 .unwrap_or_else(|| mesh_model::DEFAULT_NAMESPACE.to_string()),
             name: obj.metadata.name.clone().unwrap_or_default(),
         };
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let mut events = Vec::new();
         {
             let mut s = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
             remove(&mut s, &key, &mut events);
         }
         self.publish(events);
+    }
+
+    /// Queues the status `obj` should have when it differs from the one it
+    /// has (so writing it once settles: the resulting watch event finds it
+    /// equal).
+    fn note_status(&self, kind: Kind, obj: &DynamicObject) {
+        let key = ResourceKey {
+            kind: kind.as_str().to_string(),
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+        };
+        let want = desired_status(kind, obj);
+        let have = obj.data.get("status").and_then(|s| s.get("conditions"));
+        let mut pending = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        if have == want.get("conditions") {
+            pending.remove(&key);
+            return;
+        }
+        pending.insert(key, (kind, want));
+        drop(pending);
+        self.inner.status_changed.notify_one();
+    }
+
+    /// Statuses waiting to be written.
+    pub fn pending_status(&self) -> Vec<(ResourceKey, serde_json::Value)> {
+        let pending = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// While this replica leads, writes each object's `Accepted` condition
+    /// (with the validation error of an invalid one) to its status
+    /// subresource, only where it differs from what the object has.
+    pub fn spawn_status_writer(
+        &self,
+        client: Client,
+        mut leader: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if *leader.borrow_and_update() {
+                    let batch = std::mem::take(
+                        &mut *this.inner.status.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    for (key, (kind, status)) in batch {
+                        this.write_status(&client, kind, &key, status).await;
+                    }
+                }
+                tokio::select! {
+                    r = leader.changed() => if r.is_err() { return },
+                    () = this.inner.status_changed.notified() => {}
+                }
+            }
+        })
+    }
+
+    async fn write_status(
+        &self,
+        client: &Client,
+        kind: Kind,
+        key: &ResourceKey,
+        status: serde_json::Value,
+    ) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &key.namespace, &api_resource(kind));
+        let patch = ::kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+        match api
+            .patch_status(&key.name, &::kube::api::PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => tracing::debug!(resource = %key, "status written"),
+            // Deleted meanwhile: nothing to report on.
+            Err(::kube::Error::Api(s)) if s.code == 404 => {}
+            Err(error) => {
+                tracing::warn!(resource = %key, %error, "writing status failed; retrying on the next change")
+            }
+        }
     }
 
     fn publish(&self, events: Vec<WatchEvent>) {
@@ -247,6 +339,23 @@ pub fn convert(kind: Kind, obj: DynamicObject) -> Result<NewObject, String> {
         key: crate::documents::key_of(&res),
         object: res.to_json_value(),
     })
+}
+
+/// The status meshd gives an object: an `Accepted` condition, false with
+/// the validation error (field path included) for an invalid one.
+pub fn desired_status(kind: Kind, obj: &DynamicObject) -> serde_json::Value {
+    let generation = obj.metadata.generation.unwrap_or(1);
+    let condition = match convert(kind, obj.clone()) {
+        Ok(_) => serde_json::json!({
+            "type": "Accepted", "status": "True", "reason": "Valid",
+            "message": "accepted by meshd", "observedGeneration": generation,
+        }),
+        Err(message) => serde_json::json!({
+            "type": "Accepted", "status": "False", "reason": "Invalid",
+            "message": message, "observedGeneration": generation,
+        }),
+    };
+    serde_json::json!({ "conditions": [condition] })
 }
 
 /// Inserts or updates one object; returns its key when it is valid (or an

@@ -2,7 +2,9 @@
 //! resources ([`crds`]), the service registry from Services, EndpointSlices,
 //! Pods and Nodes ([`registry`]), leader election with a Lease ([`lease`]),
 //! the CA's root in a Secret and published to every namespace ([`ca`]), and
-//! the admission webhooks ([`webhook`]).
+//! the admission webhooks ([`webhook`]). The leader writes an `Accepted`
+//! condition into each custom resource's status (false, with the field
+//! path, for an invalid one).
 //!
 //! [`KubeMode`] holds the client and settings; `crate::server::start` calls
 //! it at the points where the off-Kubernetes path opens the SQLite store,
@@ -95,6 +97,8 @@ pub struct KubeMode {
     pub root_cert_configmap: String,
     /// Where the webhooks serve.
     pub webhook_addr: SocketAddr,
+    /// The config store over the custom resources.
+    pub store: KubeStore,
 }
 
 impl std::fmt::Debug for KubeMode {
@@ -154,6 +158,7 @@ impl KubeMode {
             trust_domain,
             root_cert_configmap,
             webhook_addr: config.webhook_addr,
+            store: KubeStore::new(),
         }
     }
 
@@ -161,7 +166,7 @@ impl KubeMode {
     /// initial list (logging what is still missing every 10 s), so the first
     /// snapshot is complete.
     pub async fn config_store(&self, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> KubeStore {
-        let store = KubeStore::new();
+        let store = self.store.clone();
         tasks.extend(store.spawn(&self.client));
         loop {
             let wait = store.wait_synced(&Kind::ALL);
@@ -256,6 +261,10 @@ impl KubeMode {
             root_pem.clone(),
             leader.clone(),
         ));
+        tasks.push(
+            self.store
+                .spawn_status_writer(self.client.clone(), leader.clone()),
+        );
         tasks.push(webhook::spawn_ca_bundle_patcher(
             self.client.clone(),
             root_pem,
