@@ -701,3 +701,108 @@ async fn xds_over_mtls_serves_the_svids_own_identity_and_refuses_another() {
         .await;
     assert!(!plain.recv().await.resources.is_empty());
 }
+
+/// A gRPC codec that sends and receives raw bytes, to send what no
+/// protobuf decoder accepts.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct Raw;
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_end_only_their_own_stream() {
+    let (_dir, meshd) = start().await;
+    let mut good = Client::connect(meshd.xds_addr).await;
+    good.send(DiscoveryRequest {
+        node: node("good"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await;
+    let first = good.recv().await;
+    good.send(DiscoveryRequest {
+        type_url: CDS.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", meshd.xds_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Field 1 as a length-delimited string longer than the message.
+    let garbage = vec![0x0a, 0xff, 0xff, 0x03, 0x01];
+    for method in ["DeltaAggregatedResources", "StreamAggregatedResources"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = format!("/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}");
+        let requests = tokio_stream::iter(vec![garbage.clone()]);
+        let answer = grpc
+            .streaming(
+                tonic::Request::new(requests),
+                path.parse().unwrap(),
+                RawCodec,
+            )
+            .await;
+        let err = match answer {
+            Err(e) => e,
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .expect("an answer in time")
+                    .expect_err("a malformed request is refused")
+            }
+        };
+        assert_ne!(err.code(), tonic::Code::Ok, "{method}: {err}");
+        assert!(err.message().contains("decod"), "{method}: {err}");
+    }
+    // The good client still gets pushes.
+    let more = CONFIG.replace("backend", "after");
+    let (st, b) = call(meshd.http_addr, "POST", "/apis/v1/apply", &more).await;
+    assert_eq!(st, 200, "{b}");
+    let update = good.recv().await;
+    assert_eq!(update.resources.len(), first.resources.len() + 1);
+}

@@ -46,6 +46,7 @@ pub(crate) async fn open<Q, R>(
         Ok(None) => return None,
         Err(e) => {
             tracing::debug!(error = %e, "xDS stream failed before its first request");
+            let _ = tx.send(Err(e)).await;
             return None;
         }
     };
@@ -81,7 +82,9 @@ pub(crate) enum Event<R> {
     Snapshot(Arc<Snapshot>),
     /// A second passed while holding a push slot (time to check its expiry).
     Tick,
-    /// The client left, the stream failed, or meshd is shutting down.
+    /// A request could not be read (malformed, or the stream broke).
+    Failed(Status),
+    /// The client left, or meshd is shutting down.
     End,
 }
 
@@ -97,8 +100,8 @@ pub(crate) async fn next_event<R>(
             Ok(Some(r)) => Event::Request(r),
             Ok(None) => Event::End,
             Err(e) => {
-                tracing::debug!(conn, error = %e, "xDS stream ended");
-                Event::End
+                tracing::debug!(conn, error = %e, "xDS stream failed");
+                Event::Failed(e)
             }
         },
         _ = tokio::time::sleep(Duration::from_secs(1)), if slot_held => Event::Tick,
@@ -185,6 +188,10 @@ pub(crate) async fn serve<C: StreamConn>(
             None => match next_event(guard.conn, &mut requests, &mut snapshots, held).await {
                 Event::Request(r) => r,
                 Event::End => break,
+                Event::Failed(status) => {
+                    let _ = c.base().tx.send(Err(status)).await;
+                    break;
+                }
                 Event::Tick => {
                     c.base().slot.expire();
                     continue;
