@@ -109,6 +109,26 @@ fn load_balancer(e: &mut Errs, p: &str, lb: &LoadBalancerSettings) {
                 "ringHash and maglev are mutually exclusive",
             );
         }
+        if let Some(m) = &ch.maglev
+            && let Some(size) = m.table_size
+            && !is_prime(size)
+        {
+            e.add(
+                format!("{p}.consistentHash.maglev.tableSize"),
+                format!("{size} must be a prime number (e.g. 65537)"),
+            );
+        }
+        let ring = ch
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .or(ch.minimum_ring_size);
+        if ring == Some(0) {
+            e.add(
+                format!("{p}.consistentHash.ringHash.minimumRingSize"),
+                "0 must be > 0",
+            );
+        }
         if let Some(cookie) = &ch.http_cookie {
             e.non_empty_str(&format!("{p}.consistentHash.httpCookie.name"), &cookie.name);
             e.opt_duration(
@@ -158,6 +178,9 @@ fn connection_pool(e: &mut Errs, p: &str, pool: &ConnectionPoolSettings) {
         );
         e.opt_duration(&format!("{p}.tcp.idleTimeout"), &tcp.idle_timeout, false);
         if let Some(ka) = &tcp.tcp_keepalive {
+            if ka.probes == Some(0) {
+                e.add(format!("{p}.tcp.tcpKeepalive.probes"), "0 must be > 0");
+            }
             e.opt_duration(&format!("{p}.tcp.tcpKeepalive.time"), &ka.time, false);
             e.opt_duration(
                 &format!("{p}.tcp.tcpKeepalive.interval"),
@@ -180,7 +203,30 @@ fn connection_pool(e: &mut Errs, p: &str, pool: &ConnectionPoolSettings) {
     }
 }
 
+/// Whether `n` is prime (Maglev needs a prime table size).
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
 fn outlier_detection(e: &mut Errs, p: &str, o: &OutlierDetection) {
+    if let Some(n) = o.consecutive_errors
+        && n < 0
+    {
+        e.add(
+            format!("{p}.consecutiveErrors"),
+            format!("{n} must be >= 0"),
+        );
+    }
     for (field, v) in [
         ("maxEjectionPercent", o.max_ejection_percent),
         ("minHealthPercent", o.min_health_percent),
@@ -205,6 +251,89 @@ fn client_tls(e: &mut Errs, p: &str, tls: &ClientTlsSettings) {
         e.add(
             format!("{p}.mode"),
             "MUTUAL mode needs clientCertificate and privateKey, or credentialName",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::networking::{
+        ConnectionPoolSettings, ConsistentHashLb, LoadBalancerSettings, Maglev, RingHash,
+        TcpKeepalive, TcpSettings,
+    };
+
+    fn problems(tp: TrafficPolicy) -> Vec<String> {
+        let spec = DestinationRuleSpec {
+            host: "reviews".into(),
+            traffic_policy: Some(tp),
+            ..Default::default()
+        };
+        let mut e = Errs::default();
+        validate(&mut e, &spec);
+        e.0.iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn maglev_table_size_must_be_prime_and_ring_size_positive() {
+        let lb = |maglev: Option<u64>, ring: Option<u64>| TrafficPolicy {
+            load_balancer: Some(LoadBalancerSettings {
+                consistent_hash: Some(ConsistentHashLb {
+                    http_header_name: Some("x-user".into()),
+                    maglev: maglev.map(|s| Maglev {
+                        table_size: Some(s),
+                    }),
+                    ring_hash: ring.map(|s| RingHash {
+                        minimum_ring_size: Some(s),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(problems(lb(Some(65537), None)).is_empty());
+        assert_eq!(
+            problems(lb(Some(65536), None)),
+            [
+                "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 65536 must be a prime number (e.g. 65537)"
+            ]
+        );
+        assert_eq!(
+            problems(lb(None, Some(0))),
+            [
+                "spec.trafficPolicy.loadBalancer.consistentHash.ringHash.minimumRingSize: 0 must be > 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_keepalive_probes_and_negative_consecutive_errors_are_refused() {
+        let tp = TrafficPolicy {
+            connection_pool: Some(ConnectionPoolSettings {
+                tcp: Some(TcpSettings {
+                    tcp_keepalive: Some(TcpKeepalive {
+                        probes: Some(0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            outlier_detection: Some(OutlierDetection {
+                consecutive_errors: Some(-1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            problems(tp),
+            [
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.probes: 0 must be > 0",
+                "spec.trafficPolicy.outlierDetection.consecutiveErrors: -1 must be >= 0",
+            ]
         );
     }
 }
