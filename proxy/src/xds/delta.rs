@@ -26,16 +26,7 @@ pub(super) async fn run_stream(
     let current = tx.borrow().clone();
     let mut subs = Subs::new();
     let mut node = Some(cfg.node.to_node());
-    for ty in ResourceType::ALL {
-        let names = if ty.is_wildcard() {
-            BTreeSet::new()
-        } else {
-            let names = wanted(&current, ty);
-            if names.is_empty() {
-                continue;
-            }
-            names
-        };
+    for (ty, names) in super::initial_subscriptions(&current) {
         // Tell the server what we already have, so it sends only changes.
         let initial_resource_versions = versions(&current, ty)
             .into_iter()
@@ -53,16 +44,13 @@ pub(super) async fn run_stream(
         // the stream is already gone, which the response loop reports.
         let _ = req_tx.send(req);
     }
-    let mut stream = client
+    let opened = client
         .delta_aggregated_resources(UnboundedReceiverStream::new(req_rx))
-        .await
-        .map_err(XdsError::Stream)?
-        .into_inner();
-    while let Some(resp) = stream.message().await.map_err(XdsError::Stream)? {
-        *progressed = true;
-        handle(resp, tx, &req_tx, &mut subs);
-    }
-    Ok(())
+        .await;
+    super::receive(opened, progressed, |resp| {
+        handle(resp, tx, &req_tx, &mut subs)
+    })
+    .await
 }
 
 fn handle(

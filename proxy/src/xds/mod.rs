@@ -211,3 +211,35 @@ async fn client_tls(cfg: &XdsClientConfig) -> Result<tonic::transport::ClientTls
         .identity(tonic::transport::Identity::from_pem(chain, key))
         .domain_name(mesh_ca::server::DEFAULT_SERVER_NAME))
 }
+
+/// What a new stream subscribes first: every wildcard type (no names), and
+/// each other type with the names the current config refers to (skipped
+/// when there are none yet).
+fn initial_subscriptions(
+    current: &ProxyConfig,
+) -> Vec<(ResourceType, std::collections::BTreeSet<String>)> {
+    ResourceType::ALL
+        .into_iter()
+        .filter_map(|ty| {
+            if ty.is_wildcard() {
+                return Some((ty, Default::default()));
+            }
+            let names = resources::wanted(current, ty);
+            (!names.is_empty()).then_some((ty, names))
+        })
+        .collect()
+}
+
+/// Reads a stream's responses until it ends, handing each to `handle`.
+async fn receive<R>(
+    opened: Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>,
+    progressed: &mut bool,
+    mut handle: impl FnMut(R),
+) -> Result<(), XdsError> {
+    let mut stream = opened.map_err(XdsError::Stream)?.into_inner();
+    while let Some(resp) = stream.message().await.map_err(XdsError::Stream)? {
+        *progressed = true;
+        handle(resp);
+    }
+    Ok(())
+}

@@ -29,15 +29,7 @@ pub(super) async fn run_stream(
     let current = tx.borrow().clone();
     let mut state: BTreeMap<ResourceType, TypeState> = BTreeMap::new();
     let mut node = Some(cfg.node.to_node());
-    for ty in ResourceType::ALL {
-        let names = if ty.is_wildcard() {
-            BTreeSet::new()
-        } else {
-            wanted(&current, ty)
-        };
-        if !ty.is_wildcard() && names.is_empty() {
-            continue;
-        }
+    for (ty, names) in super::initial_subscriptions(&current) {
         let _ = req_tx.send(DiscoveryRequest {
             node: node.take(),
             type_url: ty.type_url(),
@@ -57,16 +49,13 @@ pub(super) async fn run_stream(
             },
         );
     }
-    let mut stream = client
+    let opened = client
         .stream_aggregated_resources(UnboundedReceiverStream::new(req_rx))
-        .await
-        .map_err(XdsError::Stream)?
-        .into_inner();
-    while let Some(resp) = stream.message().await.map_err(XdsError::Stream)? {
-        *progressed = true;
-        handle(resp, tx, &req_tx, &mut state);
-    }
-    Ok(())
+        .await;
+    super::receive(opened, progressed, |resp| {
+        handle(resp, tx, &req_tx, &mut state)
+    })
+    .await
 }
 
 fn handle(
