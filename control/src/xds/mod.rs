@@ -277,7 +277,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = peer_identity(request.extensions());
+        let peer = peer_identity(request.extensions())?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(sotw::run(
             self.state.clone(),
@@ -294,7 +294,7 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         // Reached only when the service is used without `into_server`'s
         // wrapper: decode the shared parts back into messages.
-        let peer = peer_identity(request.extensions());
+        let peer = peer_identity(request.extensions())?;
         let (tx, mut wire_rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(delta::run(
             self.state.clone(),
@@ -333,14 +333,25 @@ fn class_key(p: &ProxyNode) -> String {
 }
 
 /// The SPIFFE ID of a verified client certificate, from a request's
-/// extensions (set by tonic's TLS acceptor; none on the plaintext port or
-/// when the client presented no certificate).
-pub fn peer_identity(ext: &http::Extensions) -> Option<mesh_ca::SpiffeId> {
+/// extensions (set by tonic's TLS acceptor): `None` on the plaintext port
+/// or when the client presented no certificate; an error when the
+/// certificate (chained to the mesh root, or the handshake would have
+/// failed) carries no SPIFFE ID, i.e. is not an SVID.
+pub fn peer_identity(ext: &http::Extensions) -> Result<Option<mesh_ca::SpiffeId>, Status> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let certs = ext
+    let Some(leaf) = ext
         .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|i| i.peer_certs())?;
-    mesh_ca::verifier::spiffe_id_of_cert(certs.first()?)
+        .and_then(|i| i.peer_certs())
+        .and_then(|certs| certs.first().cloned())
+    else {
+        return Ok(None);
+    };
+    match mesh_ca::verifier::spiffe_id_of_cert(&leaf) {
+        Some(id) => Ok(Some(id)),
+        None => Err(Status::permission_denied(
+            "the client certificate carries no SPIFFE ID (an SVID of the mesh is required)",
+        )),
+    }
 }
 
 /// Refuses a stream whose client certificate names another workload than

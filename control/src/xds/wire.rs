@@ -246,7 +246,10 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsServer {
         if req.uri().path() != DELTA_PATH {
             return Box::pin(self.inner.call(req));
         }
-        let peer = super::peer_identity(req.extensions());
+        let peer = match super::peer_identity(req.extensions()) {
+            Ok(peer) => peer,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
         let requests =
             Streaming::new_request(RequestDecoder, req.into_body(), None, Some(MAX_REQUEST));
         let (tx, rx) = mpsc::channel(super::STREAM_BUFFER);
