@@ -211,17 +211,25 @@ impl ClusterLb {
         if hosts.is_empty() {
             return None;
         }
-        let kept: Vec<&Endpoint> = hosts
+        // Priority failover counts ejected endpoints as unhealthy: the
+        // first priority with a usable endpoint takes the traffic (Istio's
+        // locality failover relies on this). Panic is judged over every
+        // priority: below the threshold, the top priority's endpoints all
+        // get traffic, ejected or not.
+        let same_health: Vec<&Endpoint> = assignment
+            .endpoints
+            .iter()
+            .filter(|e| e.health == hosts[0].health)
+            .collect();
+        let usable: Vec<&Endpoint> = same_health
             .iter()
             .copied()
             .filter(|e| !self.outliers.is_ejected(e.address))
             .collect();
-        let panic = (kept.len() as f64) * 100.0 < opts.panic_threshold * hosts.len() as f64;
+        let panic = (usable.len() as f64) * 100.0 < opts.panic_threshold * same_health.len() as f64;
         if !panic {
-            if kept.is_empty() {
-                return None;
-            }
-            hosts = kept;
+            let best = usable.iter().map(|e| e.priority).min()?;
+            hosts = usable.into_iter().filter(|e| e.priority == best).collect();
         }
         let policy = opts.policy;
         let hashed = match (policy, opts.hash) {
@@ -398,6 +406,39 @@ mod tests {
         let plain: Vec<_> = (0..3).map(|_| lb.admit_retry(None).unwrap()).collect();
         assert!(lb.admit_retry(None).is_none());
         drop(plain);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejecting_the_local_priority_fails_over_to_the_next() {
+        let mut near = ep(1, Health::Healthy, 1);
+        near.priority = 0;
+        let mut far = ep(2, Health::Healthy, 1);
+        far.priority = 1;
+        let a = la(vec![near.clone(), far.clone()]);
+        let lb = ClusterLb::default();
+        assert_eq!(
+            lb.pick(LbPolicy::RoundRobin, &a).unwrap().address,
+            near.address
+        );
+        let od = crate::config::OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        lb.outliers
+            .report(&od, 2, near.address, crate::outlier::TryResult::ServerError);
+        // 1 of 2 usable is not below the 50% panic threshold: fail over.
+        for _ in 0..4 {
+            assert_eq!(
+                lb.pick(LbPolicy::RoundRobin, &a).unwrap().address,
+                far.address
+            );
+        }
+        tokio::time::advance(std::time::Duration::from_secs(31)).await;
+        assert_eq!(
+            lb.pick(LbPolicy::RoundRobin, &a).unwrap().address,
+            near.address
+        );
     }
 
     #[test]
