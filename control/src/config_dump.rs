@@ -37,7 +37,7 @@ pub enum DumpError {
     },
     /// A resource could not be printed as JSON.
     #[error("printing the config dump")]
-    Json(#[from] crate::envoy_json::JsonError),
+    Json(#[from] mesh_proto::envoy_json::JsonError),
 }
 
 fn list_or_none(names: &[String]) -> String {
@@ -250,7 +250,7 @@ pub fn dump_json(
 ) -> Result<serde_json::Value, DumpError> {
     let status = find_proxy(proxies, asked)?;
     let config = crate::translate::generate(snapshot, &status.node);
-    Ok(crate::envoy_json::to_json(&build(&status, &config))?)
+    Ok(mesh_proto::envoy_json::to_json(&build(&status, &config))?)
 }
 
 /// An error and its sources, `: `-separated, for a response body.

@@ -7,7 +7,6 @@ pub mod config;
 pub mod config_dump;
 pub mod debug;
 pub mod documents;
-pub mod envoy_json;
 pub mod http;
 pub mod kube;
 pub mod metrics;

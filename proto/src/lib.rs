@@ -14,3 +14,5 @@ pub mod ca {
 /// Envoy's xDS v3 types and services, as served by meshd and consumed by the
 /// proxy.
 pub use envoy_types as envoy;
+
+pub mod envoy_json;

@@ -233,7 +233,8 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
 
 /// The dump as pretty JSON text.
 pub fn to_json_text(config: &ProxyConfig, svid: Option<&Svid>) -> Result<String, String> {
-    let json = crate::envoy_json::to_json(&build(config, svid)).map_err(|e| error_chain(&e))?;
+    let json =
+        mesh_proto::envoy_json::to_json(&build(config, svid)).map_err(|e| error_chain(&e))?;
     serde_json::to_string_pretty(&json).map_err(|e| e.to_string())
 }
 

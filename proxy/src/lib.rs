@@ -10,7 +10,6 @@ pub mod cert_files;
 pub mod config;
 pub mod config_dump;
 pub mod drain;
-pub mod envoy_json;
 pub mod health;
 pub mod http;
 pub mod identity;

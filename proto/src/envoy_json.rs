@@ -7,12 +7,13 @@
 //! The prost types of `envoy-types` carry no JSON support, so the message is
 //! encoded to bytes and re-read as a `prost_reflect::DynamicMessage` over
 //! the descriptors `build.rs` embeds (the admin config dump and the
-//! extensions the mesh emits, with their imports). The same module lives in
-//! control/ and proxy/ until mesh-proto takes it.
+//! extensions the mesh emits, with their imports). meshd's
+//! `/debug/config_dump` and the proxy's admin `/config_dump` both print
+//! through it.
 
 use std::sync::OnceLock;
 
-use mesh_proto::envoy::pb::google::protobuf::Any;
+use crate::envoy::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
@@ -101,9 +102,9 @@ pub fn any_to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_proto::envoy::pb::envoy::admin::v3::{ClustersConfigDump, ConfigDump};
-    use mesh_proto::envoy::pb::envoy::config::cluster::v3::Cluster;
-    use mesh_proto::envoy::pb::google::protobuf::Duration;
+    use crate::envoy::pb::envoy::admin::v3::{ClustersConfigDump, ConfigDump};
+    use crate::envoy::pb::envoy::config::cluster::v3::Cluster;
+    use crate::envoy::pb::google::protobuf::Duration;
 
     #[test]
     fn nested_any_prints_with_type_and_proto_field_names() {
@@ -118,7 +119,7 @@ mod tests {
         let dump = ClustersConfigDump {
             version_info: "v1".into(),
             dynamic_active_clusters: vec![
-                mesh_proto::envoy::pb::envoy::admin::v3::clusters_config_dump::DynamicCluster {
+                crate::envoy::pb::envoy::admin::v3::clusters_config_dump::DynamicCluster {
                     version_info: "v1".into(),
                     cluster: Some(Any {
                         type_url: Cluster::type_url(),
