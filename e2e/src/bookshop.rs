@@ -294,7 +294,7 @@ impl Bookshop {
     pub fn api(&self) -> &str {
         match &self.inner {
             Inner::Netns(n) => &n.mesh.api,
-            Inner::Explicit(e) => &e.api,
+            Inner::Explicit(e) => e.api(),
         }
     }
 

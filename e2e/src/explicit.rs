@@ -28,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::bins::{check_all, find_in, search_dirs};
+use crate::bookshop::Crash;
 use crate::mesh::{MeshError, WorkDir, http_get, poll, synced_count};
 
 /// The workload port every explicit workload serves (callers say
@@ -115,6 +116,7 @@ pub struct ExplicitMesh {
     /// meshd's CA (and xDS over mTLS) address.
     pub ca: String,
     ca_dir: PathBuf,
+    own_process_group: bool,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> MeshError {
@@ -125,9 +127,21 @@ impl ExplicitMesh {
     /// Starts meshd with its CA on free loopback ports (temp work dir) and
     /// waits for the CA's files.
     pub fn start() -> Result<ExplicitMesh, MeshError> {
+        Self::start_in(None, &BINS, false)
+    }
+
+    /// [`ExplicitMesh::start`] in `work_dir` (a temp dir when `None`),
+    /// after checking that the `required` binaries exist. With
+    /// `own_process_group`, children do not get a terminal's Ctrl-C (the
+    /// caller stops them itself, as `meshctl demo` does).
+    pub fn start_in(
+        work_dir: Option<&Path>,
+        required: &[&str],
+        own_process_group: bool,
+    ) -> Result<ExplicitMesh, MeshError> {
         let bins = search_dirs();
-        check_all(&BINS, &bins)?;
-        let dir = WorkDir::create(None)?;
+        check_all(required, &bins)?;
+        let dir = WorkDir::create(work_dir)?;
         let logs = dir.path().join("logs");
         fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
         let (xds, http, ca) = (free_port()?, free_port()?, free_port()?);
@@ -140,6 +154,7 @@ impl ExplicitMesh {
             api: format!("http://127.0.0.1:{http}"),
             xds: format!("http://127.0.0.1:{xds}"),
             ca: format!("https://127.0.0.1:{ca}"),
+            own_process_group,
         };
         let data = mesh.dir.path().join("meshd").to_string_lossy().into_owned();
         let argv = [
@@ -170,11 +185,14 @@ impl ExplicitMesh {
         Ok(mesh)
     }
 
-    fn bin(&self, name: &str) -> Result<String, MeshError> {
+    /// The path of binary `name` (see [`crate::bins`]).
+    pub fn bin(&self, name: &str) -> Result<String, MeshError> {
         Ok(find_in(name, &self.bins)?.to_string_lossy().into_owned())
     }
 
-    fn spawn(
+    /// Starts `argv` with its output in `logs/<label>.log`; the mesh kills
+    /// it (by PID) when dropped. Returns the PID.
+    pub fn spawn(
         &mut self,
         label: &str,
         argv: &[String],
@@ -185,12 +203,16 @@ impl ExplicitMesh {
         let log2 = log
             .try_clone()
             .map_err(io(format!("opening {}", path.display())))?;
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
+            .stderr(log2);
+        if self.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
+        let child = cmd
             .spawn()
             .map_err(io(format!("starting {}", argv.join(" "))))?;
         let pid = child.id();
@@ -368,6 +390,35 @@ impl ExplicitMesh {
     /// The work directory (meshd's store and CA, `logs/`).
     pub fn work_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where each process's log is (`<label>.log`).
+    pub fn log_dir(&self) -> &Path {
+        &self.logs
+    }
+
+    /// Every process started, as (label, PID).
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .map(|(l, c)| (l.clone(), c.id()))
+            .collect()
+    }
+
+    /// A process that has exited (taken out of the list), if any.
+    pub fn crashed(&mut self) -> Option<Crash> {
+        let pos = self
+            .procs
+            .iter_mut()
+            .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))?;
+        let (label, mut child) = self.procs.remove(pos);
+        let status = child.try_wait().ok().flatten()?;
+        Some(Crash {
+            log_tail: self.log_tail(&label, 15),
+            pid: child.id(),
+            label,
+            status: status.to_string(),
+        })
     }
 }
 
