@@ -41,6 +41,26 @@ fn array_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
     v[key].as_array_mut().unwrap_or_else(|| unreachable!())
 }
 
+/// The app's own `prometheus.io/*` annotations as the JSON the proxy reads
+/// from `MESH_PROMETHEUS_ANNOTATIONS` (`{"scrape":"true","port":"9090",
+/// "path":"/metrics"}`), when the app asks to be scraped on a port of its
+/// own: the proxy then serves its metrics merged with the app's on 15020
+/// (Istio's metrics merging). `scrape: "false"` is respected (nothing moves).
+fn app_prometheus(meta: &Value) -> Option<String> {
+    let scrape = annotation(meta, "prometheus.io/scrape")?;
+    let port = annotation(meta, "prometheus.io/port")?;
+    if scrape != "true" || port == "15020" {
+        return None;
+    }
+    let mut original = serde_json::Map::new();
+    original.insert("scrape".into(), json!(scrape));
+    original.insert("port".into(), json!(port));
+    if let Some(path) = annotation(meta, "prometheus.io/path") {
+        original.insert("path".into(), json!(path));
+    }
+    Some(Value::Object(original).to_string())
+}
+
 /// Injects the sidecar into `pod`, an object with `metadata` and `spec` (a
 /// Pod, or a workload's pod template). `workload` names the owner for the
 /// proxy's identity when the pod itself has no name yet. Errors name the
@@ -87,6 +107,12 @@ pub fn inject_pod(pod: &mut Value, workload: &str, cfg: &InjectConfig) -> Result
         None => cfg.native_sidecar,
     };
     let mut proxy = template::proxy_container(cfg, &facts, &probers);
+    let app_metrics = app_prometheus(&meta);
+    if let Some(original) = &app_metrics
+        && let Some(env) = proxy.get_mut("env").and_then(Value::as_array_mut)
+    {
+        env.push(json!({ "name": "MESH_PROMETHEUS_ANNOTATIONS", "value": original }));
+    }
     let init = template::init_container(cfg, &facts);
     let inits = array_at(spec, "initContainers");
     // Interception must be in place before any other init container talks to
@@ -121,7 +147,13 @@ pub fn inject_pod(pod: &mut Value, workload: &str, cfg: &InjectConfig) -> Result
             ("prometheus.io/port", "15020"),
             ("prometheus.io/path", "/stats/prometheus"),
         ] {
-            ann.entry(k).or_insert_with(|| Value::String(v.into()));
+            // The app's own scrape settings moved to the proxy (merged on
+            // 15020); otherwise a user's explicit value is kept.
+            if app_metrics.is_some() {
+                ann.insert(k.into(), Value::String(v.into()));
+            } else {
+                ann.entry(k).or_insert_with(|| Value::String(v.into()));
+            }
         }
     }
     if !meta.get("labels").is_some_and(Value::is_object) {

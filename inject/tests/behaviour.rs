@@ -97,3 +97,51 @@ fn config_settings_reach_the_proxy_container() {
     let init_args = pod["spec"]["initContainers"][0]["args"].as_array().unwrap();
     assert_eq!(init_args[1..3], [json!("--proxy-uid"), json!("4242")]);
 }
+
+fn proxy_env<'a>(pod: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "mesh-proxy")?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+#[test]
+fn app_scrape_annotations_move_to_the_proxy_for_merged_metrics() {
+    let mut pod = json!({"kind": "Pod", "metadata": {"name": "p", "annotations": {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/metrics"
+    }}, "spec": {"containers": [{"name": "app", "image": "x"}]}});
+    inject_value(&mut pod, &InjectConfig::default()).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_str(proxy_env(&pod, "MESH_PROMETHEUS_ANNOTATIONS").unwrap()).unwrap();
+    assert_eq!(
+        original,
+        json!({"scrape": "true", "port": "9090", "path": "/metrics"})
+    );
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/port"], "15020");
+    assert_eq!(ann["prometheus.io/path"], "/stats/prometheus");
+    // Injecting again changes nothing (the app's settings are not lost to
+    // the rewritten annotations).
+    let before = pod.clone();
+    assert_eq!(
+        inject_value(&mut pod, &InjectConfig::default()).unwrap(),
+        vec![Outcome::AlreadyInjected]
+    );
+    assert_eq!(pod, before);
+}
+
+#[test]
+fn app_that_opts_out_of_scraping_keeps_its_annotations() {
+    let mut pod = json!({"kind": "Pod", "metadata": {"name": "p", "annotations": {
+        "prometheus.io/scrape": "false", "prometheus.io/port": "9090"
+    }}, "spec": {"containers": [{"name": "app", "image": "x"}]}});
+    inject_value(&mut pod, &InjectConfig::default()).unwrap();
+    assert_eq!(proxy_env(&pod, "MESH_PROMETHEUS_ANNOTATIONS"), None);
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "false");
+    assert_eq!(ann["prometheus.io/port"], "9090");
+}
