@@ -104,9 +104,8 @@ fn deployment(v: &Values, ns: &str) -> Value {
                         "name": "meshd",
                         "image": image,
                         "imagePullPolicy": v.str("global.imagePullPolicy"),
-                        // Flags beyond --xds-addr/--http-addr/--data-dir are
-                        // meshd's Kubernetes mode, not implemented yet (see
-                        // the README's Kubernetes section).
+                        // meshd's Kubernetes mode (docs/meshd.md,
+                        // "Kubernetes mode").
                         "args": [
                             "--kubernetes",
                             "--xds-addr=0.0.0.0:15010",
