@@ -2,6 +2,7 @@
 //! module with its own clap `Args` and a `run` function; `main.rs` only
 //! dispatches.
 
+pub mod access;
 pub mod analyze;
 pub mod bootstrap;
 pub mod check;
