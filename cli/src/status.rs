@@ -14,17 +14,44 @@ pub struct Args {
     /// Where meshd is.
     #[command(flatten)]
     pub meshd: MeshdArgs,
+    /// Namespace of meshd's Service when reached through the Kubernetes API
+    /// server (used when --meshd/MESHD_ADDR are not given and a kubeconfig is).
+    #[arg(long = "mesh-namespace", default_value = "mesh-system")]
+    pub mesh_namespace: String,
+}
+
+/// Fetches `/debug/syncz` through the API server when meshd's address was
+/// left at its default and a Kubernetes config is available.
+async fn syncz_via_api_server(args: &Args) -> Option<anyhow::Result<serde_json::Value>> {
+    if args.meshd.meshd != crate::resources::DEFAULT_MESHD
+        || std::env::var_os("MESHD_ADDR").is_some()
+    {
+        return None;
+    }
+    let client = kube::Client::try_default().await.ok()?;
+    let access = crate::access::MeshdAccess::ApiServer(client, args.mesh_namespace.clone());
+    Some(match access.get("/debug/syncz").await {
+        Ok(body) => serde_json::from_slice(&body).map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    })
 }
 
 const TYPES: [&str; 4] = ["CDS", "LDS", "EDS", "RDS"];
 
 /// Runs `meshctl proxy-status`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let (status, syncz) = request(&args.meshd.meshd, "GET", "/debug/syncz", String::new()).await?;
-    if status != 200 {
-        eprintln!("error: meshd answered {status}: {syncz}");
-        return Ok(1);
-    }
+    let syncz = match syncz_via_api_server(&args).await {
+        Some(r) => r?,
+        None => {
+            let (status, syncz) =
+                request(&args.meshd.meshd, "GET", "/debug/syncz", String::new()).await?;
+            if status != 200 {
+                eprintln!("error: meshd answered {status}: {syncz}");
+                return Ok(1);
+            }
+            syncz
+        }
+    };
     let proxies = syncz["proxies"].as_array().cloned().unwrap_or_default();
     let cp = syncz["control_plane"]
         .as_str()
