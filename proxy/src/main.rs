@@ -99,6 +99,9 @@ struct RunArgs {
     /// Cluster id.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
+    /// Locality `region/zone/subzone` (sent as `node.locality`).
+    #[arg(long, env = "LOCALITY", default_value = "")]
+    locality: String,
     /// Interception mode.
     #[arg(long, env = "INTERCEPTION_MODE", value_enum, default_value_t = Interception::REDIRECT)]
     interception_mode: Interception,
@@ -286,6 +289,7 @@ fn main() -> anyhow::Result<()> {
                 labels,
                 instance_ips: args.instance_ip.split(',').map(str::to_owned).collect(),
                 cluster_id: args.cluster_id.clone(),
+                locality: args.locality.clone(),
                 service_name: args.service_name.clone(),
                 service_ports: args.service_ports.clone(),
                 interception_mode: format!("{:?}", args.interception_mode),

@@ -23,6 +23,8 @@ pub struct NodeIdentity {
     pub instance_ips: Vec<String>,
     /// Cluster id (`Kubernetes` or a mesh-local name).
     pub cluster_id: String,
+    /// Locality `region/zone/subzone` (empty: none).
+    pub locality: String,
     /// Service name (`node.cluster`).
     pub service_name: String,
     /// Service ports, `protocol:port` comma separated.
@@ -59,6 +61,20 @@ impl NodeIdentity {
             "sidecar~{ip}~{}.{ns}~{ns}.svc.cluster.local",
             self.workload_name
         )
+    }
+
+    /// `node.locality` from `region/zone/subzone` (`None` when empty).
+    fn locality(&self) -> Option<xc::Locality> {
+        if self.locality.is_empty() {
+            return None;
+        }
+        let mut parts = self.locality.splitn(3, '/');
+        let mut next = || parts.next().unwrap_or_default().to_owned();
+        Some(xc::Locality {
+            region: next(),
+            zone: next(),
+            sub_zone: next(),
+        })
     }
 
     /// The `Node` sent on the first request of every stream.
@@ -108,6 +124,7 @@ impl NodeIdentity {
             metadata: Some(wkt::Struct {
                 fields: fields.into_iter().collect(),
             }),
+            locality: self.locality(),
             user_agent_name: "mesh-proxy".to_owned(),
             ..Default::default()
         }
@@ -142,6 +159,25 @@ mod tests {
             matches!(&md["LABELS"].kind, Some(wkt::value::Kind::StructValue(l)) if l.fields["app"] == s("reviews"))
         );
         assert!(!md.contains_key("MESH_OUTBOUND_PORT"));
+        assert!(node.locality.is_none());
+    }
+
+    #[test]
+    fn locality_flag_becomes_node_locality() {
+        let id = NodeIdentity {
+            locality: "us-east1/us-east1-b/rack7".into(),
+            ..Default::default()
+        };
+        let loc = id.to_node().locality.unwrap();
+        assert_eq!(loc.region, "us-east1");
+        assert_eq!(loc.zone, "us-east1-b");
+        assert_eq!(loc.sub_zone, "rack7");
+        let region_only = NodeIdentity {
+            locality: "eu".into(),
+            ..Default::default()
+        };
+        let loc = region_only.to_node().locality.unwrap();
+        assert_eq!((loc.region.as_str(), loc.zone.as_str()), ("eu", ""));
     }
 
     #[test]
