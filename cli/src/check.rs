@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::resources::{MeshdArgs, request};
+use crate::access::{AccessArgs, AccessError, MeshdAccess};
 
 /// Days of CA root validity below which `check` warns.
 pub const ROOT_WARN_DAYS: i64 = 30;
@@ -27,9 +27,9 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     pub output: Format,
-    /// Where meshd is.
+    /// Where meshd is, and how to reach it.
     #[command(flatten)]
-    pub meshd: MeshdArgs,
+    pub access: AccessArgs,
 }
 
 /// Output formats of `check`.
@@ -89,7 +89,7 @@ fn check(name: &str, outcome: Outcome, detail: String, hint: Option<&str>) -> Ch
 /// Every check's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// meshd's address.
+    /// How meshd was reached (its address, or its Service via the API server).
     pub meshd: String,
     /// The checks, in order.
     pub checks: Vec<Check>,
@@ -310,11 +310,26 @@ pub fn proxy_checks(syncz: &Value) -> Vec<Check> {
     out
 }
 
-/// Runs every check against meshd at `meshd`.
-pub async fn run_checks(meshd: &str) -> Report {
+/// The hint for a meshd that could not be asked.
+fn unreachable_hint(e: &AccessError) -> &'static str {
+    match e {
+        AccessError::Status { .. } => "is --meshd / MESHD_ADDR meshd's debug address (port 15014)?",
+        AccessError::ApiServer { .. } => {
+            "check meshd's pods and their logs in that namespace, or pass --mesh-namespace / --meshd"
+        }
+        AccessError::Config(_) | AccessError::Kube(_) => {
+            "check --kubeconfig / --context (kubectl get pods should work), or pass --meshd"
+        }
+        _ => "start meshd, or point --meshd / MESHD_ADDR at it",
+    }
+}
+
+/// Runs every check against meshd, reached through `access`.
+pub async fn run_checks(access: &MeshdAccess) -> Report {
+    let meshd = access.to_string();
     let mut checks = Vec::new();
-    let syncz = match request(meshd, "GET", "/debug/syncz", String::new()).await {
-        Ok((200, v)) => {
+    let syncz = match access.get_json("/debug/syncz").await {
+        Ok(v) => {
             checks.push(check(
                 "meshd is reachable",
                 Outcome::Ok,
@@ -323,30 +338,21 @@ pub async fn run_checks(meshd: &str) -> Report {
             ));
             v
         }
-        Ok((status, body)) => {
-            checks.push(check(
-                "meshd is reachable",
-                Outcome::Error,
-                format!("{meshd} answered {status}: {body}"),
-                Some("is --meshd / MESHD_ADDR meshd's debug address (port 15014)?"),
-            ));
-            return Report::new(meshd, checks);
-        }
         Err(e) => {
             checks.push(check(
                 "meshd is reachable",
                 Outcome::Error,
                 e.to_string(),
-                Some("start meshd, or point --meshd / MESHD_ADDR at it"),
+                Some(unreachable_hint(&e)),
             ));
-            return Report::new(meshd, checks);
+            return Report::new(&meshd, checks);
         }
     };
     checks.push(version_check(&syncz));
     let sent = now_ms();
     let start = Instant::now();
-    match request(meshd, "GET", "/debug/ca", String::new()).await {
-        Ok((200, ca)) => {
+    match access.get_json("/debug/ca").await {
+        Ok(ca) => {
             let rtt = start.elapsed();
             checks.push(ca_check(&ca, now_secs()));
             match ca["now_ms"].as_u64() {
@@ -359,10 +365,10 @@ pub async fn run_checks(meshd: &str) -> Report {
                 )),
             }
         }
-        Ok((status, body)) => checks.push(check(
+        Err(e @ (AccessError::Status { .. } | AccessError::Json { .. })) => checks.push(check(
             "CA root certificate is valid",
             Outcome::Error,
-            format!("/debug/ca answered {status}: {body}"),
+            format!("/debug/ca: {e}"),
             Some("meshd's embedded CA did not load: check meshd's log and --ca-dir"),
         )),
         Err(e) => checks.push(check(
@@ -373,12 +379,23 @@ pub async fn run_checks(meshd: &str) -> Report {
         )),
     }
     checks.extend(proxy_checks(&syncz));
-    Report::new(meshd, checks)
+    Report::new(&meshd, checks)
 }
 
 /// Runs `meshctl check`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let report = run_checks(&args.meshd.meshd).await;
+    let report = match args.access.resolve().await {
+        Ok(access) => run_checks(&access).await,
+        Err(e) => Report::new(
+            "not resolved",
+            vec![check(
+                "meshd is reachable",
+                Outcome::Error,
+                e.to_string(),
+                Some(unreachable_hint(&e)),
+            )],
+        ),
+    };
     match args.output {
         Format::Text => print!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -15,9 +15,18 @@ pub const DEFAULT_MESHD: &str = "http://127.0.0.1:15014";
 /// Where meshd is (shared by every command that talks to it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MeshdArgs {
-    /// meshd's management/debug address.
-    #[arg(long = "meshd", env = "MESHD_ADDR", default_value = DEFAULT_MESHD)]
-    pub meshd: String,
+    /// meshd's management/debug address [default: http://127.0.0.1:15014,
+    /// or through the Kubernetes API server where a command supports it].
+    #[arg(long = "meshd", env = "MESHD_ADDR")]
+    pub meshd: Option<String>,
+}
+
+impl MeshdArgs {
+    /// The address to talk to directly: `--meshd`/`MESHD_ADDR`, or
+    /// [`DEFAULT_MESHD`].
+    pub fn addr(&self) -> &str {
+        self.meshd.as_deref().unwrap_or(DEFAULT_MESHD)
+    }
 }
 
 /// Output formats of `get` and `proxy-status`.
@@ -84,7 +93,7 @@ pub struct DeleteArgs {
 /// Runs `meshctl apply`.
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
     let body = read_inputs(&args.files)?;
-    let (status, resp) = request(&args.meshd.meshd, "POST", "/apis/v1/apply", body).await?;
+    let (status, resp) = request(args.meshd.addr(), "POST", "/apis/v1/apply", body).await?;
     report_writes(status, &resp)
 }
 
@@ -102,7 +111,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<i32> {
             None => format!("/apis/v1/{}", args.kind),
         },
     };
-    let (status, resp) = request(&args.meshd.meshd, "GET", &path, String::new()).await?;
+    let (status, resp) = request(args.meshd.addr(), "GET", &path, String::new()).await?;
     if status != 200 {
         eprintln!("error: {}", error_text(&resp));
         return Ok(1);
@@ -149,13 +158,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<i32> {
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<i32> {
     let (status, resp) = if !args.files.is_empty() {
         let body = read_inputs(&args.files)?;
-        request(&args.meshd.meshd, "POST", "/apis/v1/delete", body).await?
+        request(args.meshd.addr(), "POST", "/apis/v1/delete", body).await?
     } else {
         let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
             bail!("give KIND NAME or -f FILE");
         };
         let path = format!("/apis/v1/{kind}/{}/{name}", args.namespace);
-        request(&args.meshd.meshd, "DELETE", &path, String::new()).await?
+        request(args.meshd.addr(), "DELETE", &path, String::new()).await?
     };
     report_writes(status, &resp)
 }

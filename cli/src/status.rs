@@ -1,7 +1,10 @@
 //! `meshctl proxy-status`: xDS sync state of every proxy, as meshd sees it
 //! (`/debug/syncz`), in istioctl's layout.
 
-use crate::resources::{MeshdArgs, Output, request};
+use std::fmt::Write as _;
+
+use crate::access::{AccessArgs, AccessError, MeshdAccess};
+use crate::resources::Output;
 
 /// Flags of `meshctl proxy-status`.
 #[derive(Debug, clap::Args)]
@@ -11,68 +14,88 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
-    /// Where meshd is.
+    /// Where meshd is, and how to reach it.
     #[command(flatten)]
-    pub meshd: MeshdArgs,
-    /// Namespace of meshd's Service when reached through the Kubernetes API
-    /// server (used when --meshd/MESHD_ADDR are not given and a kubeconfig is).
-    #[arg(long = "mesh-namespace", default_value = "mesh-system")]
-    pub mesh_namespace: String,
-}
-
-/// Fetches `/debug/syncz` through the API server when meshd's address was
-/// left at its default and a Kubernetes config is available.
-async fn syncz_via_api_server(args: &Args) -> Option<anyhow::Result<serde_json::Value>> {
-    if args.meshd.meshd != crate::resources::DEFAULT_MESHD
-        || std::env::var_os("MESHD_ADDR").is_some()
-    {
-        return None;
-    }
-    let client = kube::Client::try_default().await.ok()?;
-    let access = crate::access::MeshdAccess::ApiServer(client, args.mesh_namespace.clone());
-    Some(match access.get("/debug/syncz").await {
-        Ok(body) => serde_json::from_slice(&body).map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    })
+    pub access: AccessArgs,
 }
 
 const TYPES: [&str; 4] = ["CDS", "LDS", "EDS", "RDS"];
 
-/// Runs `meshctl proxy-status`.
-pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let syncz = match syncz_via_api_server(&args).await {
-        Some(r) => r?,
-        None => {
-            let (status, syncz) =
-                request(&args.meshd.meshd, "GET", "/debug/syncz", String::new()).await?;
-            if status != 200 {
-                eprintln!("error: meshd answered {status}: {syncz}");
-                return Ok(1);
-            }
-            syncz
-        }
-    };
+/// Fetches meshd's `/debug/syncz`.
+pub async fn fetch(access: &MeshdAccess) -> Result<serde_json::Value, AccessError> {
+    access.get_json("/debug/syncz").await
+}
+
+/// What a command prints, and its exit code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// The exit code.
+    pub code: i32,
+    /// Printed on stdout.
+    pub stdout: String,
+    /// Printed on stderr.
+    pub stderr: String,
+}
+
+impl Rendered {
+    /// Prints both streams and returns the exit code.
+    pub fn print(self) -> i32 {
+        print!("{}", self.stdout);
+        eprint!("{}", self.stderr);
+        self.code
+    }
+}
+
+/// Renders `/debug/syncz`: the table of every proxy, or one proxy (`name`)
+/// explained.
+pub fn render(
+    syncz: &serde_json::Value,
+    name: Option<&str>,
+    output: Output,
+) -> anyhow::Result<Rendered> {
     let proxies = syncz["proxies"].as_array().cloned().unwrap_or_default();
     let cp = syncz["control_plane"]
         .as_str()
         .unwrap_or("meshd")
         .to_string();
-    if let Some(name) = &args.name {
+    if let Some(name) = name {
         let Some(p) = proxies
             .iter()
-            .find(|p| p["name"] == name.as_str() || p["node"]["id"] == name.as_str())
+            .find(|p| p["name"] == name || p["node"]["id"] == name)
         else {
-            eprintln!("no connected proxy named {name:?}; list them with `meshctl proxy-status`");
-            return Ok(1);
+            return Ok(Rendered {
+                code: 1,
+                stdout: String::new(),
+                stderr: format!(
+                    "no connected proxy named {name:?}; list them with `meshctl proxy-status`\n"
+                ),
+            });
         };
-        return explain(p, args.output);
+        return explain(p, output);
     }
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&proxies)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&proxies)?),
-        Output::Table => print!("{}", table(&proxies, &cp)),
-    }
-    Ok(0)
+    let stdout = match output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(&proxies)?),
+        Output::Yaml => serde_saphyr::to_string(&proxies)?,
+        Output::Table => table(&proxies, &cp),
+    };
+    Ok(Rendered {
+        code: 0,
+        stdout,
+        stderr: String::new(),
+    })
+}
+
+/// Runs `meshctl proxy-status`.
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let access = args.access.resolve().await?;
+    let syncz = match fetch(&access).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    Ok(render(&syncz, args.name.as_deref(), args.output)?.print())
 }
 
 /// istioctl's table: `NAME CLUSTER CDS LDS EDS RDS CONTROL-PLANE VERSION`.
@@ -119,61 +142,77 @@ pub fn table(proxies: &[serde_json::Value], control_plane: &str) -> String {
     out
 }
 
-fn explain(p: &serde_json::Value, output: Output) -> anyhow::Result<i32> {
+fn explain(p: &serde_json::Value, output: Output) -> anyhow::Result<Rendered> {
+    let mut out = String::new();
     match output {
         Output::Json => {
-            println!("{}", serde_json::to_string_pretty(p)?);
-            return Ok(0);
+            out = format!("{}\n", serde_json::to_string_pretty(p)?);
         }
-        Output::Yaml => {
-            print!("{}", serde_saphyr::to_string(p)?);
-            return Ok(0);
-        }
+        Output::Yaml => out = serde_saphyr::to_string(p)?,
         Output::Table => {}
     }
-    println!(
+    if output != Output::Table {
+        return Ok(Rendered {
+            code: 0,
+            stdout: out,
+            stderr: String::new(),
+        });
+    }
+    writeln!(
+        out,
         "Proxy {} (node {})",
         p["name"].as_str().unwrap_or(""),
         p["node"]["id"].as_str().unwrap_or("")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  stream: {}, snapshot {}",
         p["protocol"].as_str().unwrap_or(""),
         p["snapshot_version"]
-    );
+    )?;
     let mut code = 0;
     for t in TYPES {
         let s = &p["types"][t];
         let state = p["states"][t].as_str().unwrap_or("NOT SENT");
-        println!(
+        writeln!(
+            out,
             "  {t}: {state} (sent {}, acked {}, {} resources)",
             s["sent_version"].as_str().unwrap_or("-"),
             s["acked_version"].as_str().unwrap_or("-"),
             s["resources"].as_u64().unwrap_or(0)
-        );
+        )?;
         match state {
             "ERROR" => {
                 code = 1;
-                println!(
+                writeln!(
+                    out,
                     "    the proxy rejected version {} and keeps serving its last good config:\n    {}",
                     s["nack_version"].as_str().unwrap_or("?"),
                     s["nack_message"].as_str().unwrap_or("")
-                );
-                println!("    fix the resource it names (meshctl get ... -o yaml), then re-apply");
+                )?;
+                writeln!(
+                    out,
+                    "    fix the resource it names (meshctl get ... -o yaml), then re-apply"
+                )?;
             }
             "STALE" => {
                 code = 1;
-                println!(
+                writeln!(
+                    out,
                     "    sent but not yet acknowledged; if this persists the proxy is stuck or overloaded"
-                );
+                )?;
                 if let Some(m) = s["nack_message"].as_str() {
-                    println!("    last rejection: {m}");
+                    writeln!(out, "    last rejection: {m}")?;
                 }
             }
             _ => {}
         }
     }
-    Ok(code)
+    Ok(Rendered {
+        code,
+        stdout: out,
+        stderr: String::new(),
+    })
 }
 
 #[cfg(test)]

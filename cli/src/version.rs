@@ -21,7 +21,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     if args.client {
         return Ok(0);
     }
-    match request(&args.meshd.meshd, "GET", "/debug/syncz", String::new()).await {
+    match request(args.meshd.addr(), "GET", "/debug/syncz", String::new()).await {
         Ok((200, syncz)) => {
             let cp = syncz["control_plane"]
                 .as_str()
@@ -29,7 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             let proxies = syncz["proxies"].as_array().map_or(0, Vec::len);
             println!(
                 "control plane version: {cp} at {} ({proxies} proxies connected)",
-                args.meshd.meshd
+                args.meshd.addr()
             );
         }
         Ok((status, body)) => {

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::resources::{MeshdArgs, request};
+use crate::access::{AccessArgs, AccessError, MeshdAccess};
 use dump::Dump;
 use tables::Filter;
 
@@ -83,9 +83,9 @@ pub struct Args {
     /// Only the route configuration or secret of this name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Where meshd is.
+    /// Where meshd is, and how to reach it (not used with `--admin`).
     #[command(flatten)]
-    pub meshd: MeshdArgs,
+    pub access: AccessArgs,
 }
 
 impl Args {
@@ -141,13 +141,25 @@ async fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, Value)> {
     Ok((status, value))
 }
 
+/// meshd's path of the config it generates for `proxy`.
+pub fn config_dump_path(proxy: &str) -> String {
+    format!("/debug/config_dump?proxyID={}", encode(proxy))
+}
+
+/// Fetches what meshd generates for `proxy`.
+pub async fn fetch_from_meshd(access: &MeshdAccess, proxy: &str) -> Result<Dump, AccessError> {
+    access.get_json(&config_dump_path(proxy)).await.map(Dump)
+}
+
 /// Fetches the dump from the proxy's admin port or from meshd.
 pub async fn fetch(args: &Args) -> anyhow::Result<Result<Dump, String>> {
     let (status, body) = match (&args.admin, &args.proxy) {
         (Some(admin), _) => admin_get(admin, "/config_dump").await?,
         (None, Some(proxy)) => {
-            let path = format!("/debug/config_dump?proxyID={}", encode(proxy));
-            request(&args.meshd.meshd, "GET", &path, String::new()).await?
+            let access = args.access.resolve().await?;
+            return Ok(fetch_from_meshd(&access, proxy)
+                .await
+                .map_err(|e| e.to_string()));
         }
         (None, None) => {
             return Ok(Err(
@@ -161,19 +173,10 @@ pub async fn fetch(args: &Args) -> anyhow::Result<Result<Dump, String>> {
             .map(str::to_string)
             .unwrap_or_else(|| body.to_string());
         return Ok(Err(format!(
-            "{} answered {status}: {msg}",
-            source_name(args)
+            "the proxy's admin port answered {status}: {msg}"
         )));
     }
     Ok(Ok(Dump(body)))
-}
-
-fn source_name(args: &Args) -> &'static str {
-    if args.admin.is_some() {
-        "the proxy's admin port"
-    } else {
-        "meshd"
-    }
 }
 
 /// The resources of `kind` as JSON (what `-o json|yaml` prints).
@@ -229,6 +232,22 @@ pub fn short_with(
     }
 }
 
+/// What `meshctl proxy-config` prints for `dump`, wherever it came from.
+pub fn render(
+    dump: &Dump,
+    kind: Kind,
+    output: Format,
+    filter: &Filter,
+    now: i64,
+    ejected: Option<&tables::Ejected>,
+) -> anyhow::Result<String> {
+    Ok(match output {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&selected(dump, kind))?),
+        Format::Yaml => serde_saphyr::to_string(&selected(dump, kind))?,
+        Format::Short => short_with(dump, kind, filter, now, ejected),
+    })
+}
+
 /// Runs `meshctl proxy-config`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     if args.kind == Kind::Secret && args.admin.is_none() {
@@ -242,31 +261,29 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    match args.output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&selected(&dump, args.kind))?
-        ),
-        Format::Yaml => print!("{}", serde_saphyr::to_string(&selected(&dump, args.kind))?),
-        Format::Short => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            // The proxy knows which endpoints it ejected; meshd does not.
-            let ejected = match (&args.admin, args.kind) {
-                (Some(admin), Kind::Endpoints | Kind::All) => {
-                    match admin_get(admin, "/clusters").await {
-                        Ok((200, Value::String(text))) => Some(tables::parse_ejected(&text)),
-                        _ => None,
-                    }
-                }
+    // The proxy knows which endpoints it ejected; meshd does not.
+    let ejected = match (&args.admin, args.kind, args.output) {
+        (Some(admin), Kind::Endpoints | Kind::All, Format::Short) => {
+            match admin_get(admin, "/clusters").await {
+                Ok((200, Value::String(text))) => Some(tables::parse_ejected(&text)),
                 _ => None,
-            };
-            print!(
-                "{}",
-                short_with(&dump, args.kind, &args.filter(), now, ejected.as_ref())
-            );
+            }
         }
-    }
+        _ => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    print!(
+        "{}",
+        render(
+            &dump,
+            args.kind,
+            args.output,
+            &args.filter(),
+            now,
+            ejected.as_ref()
+        )?
+    );
     Ok(0)
 }
