@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mesh_model::naming::{self, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use mesh_model::networking::{
-    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings,
-    OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy,
+    LoadBalancerSettings, OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
 };
 use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, UpstreamConnectionOptions,
@@ -70,14 +70,19 @@ pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsClust
         }
     }
     if ctx.proxy.interception != Interception::None {
-        for (_, port) in &ctx.proxy.service_ports {
+        for (protocol, port) in &ctx.proxy.service_ports {
             let name = naming::inbound_cluster_name(*port);
-            out.insert(name.clone(), pack(&inbound_cluster(&name, *port)));
+            let protocol = Protocol::detect(Some(protocol), None);
+            out.insert(name.clone(), pack(&inbound_cluster(&name, *port, protocol)));
         }
     } else if let Some(ei) = ctx.proxy.explicit_inbound() {
         // Explicit mode: the app listens on its own loopback port.
         let name = naming::inbound_cluster_name(ei.port);
-        out.insert(name.clone(), pack(&inbound_cluster(&name, ei.app_port)));
+        let protocol = Protocol::detect(Some(&ei.protocol), None);
+        out.insert(
+            name.clone(),
+            pack(&inbound_cluster(&name, ei.app_port, protocol)),
+        );
     }
     let passthrough = Cluster {
         name: PASSTHROUGH_CLUSTER.into(),
@@ -179,14 +184,14 @@ fn outbound_cluster(
         }),
         ..Default::default()
     };
-    let mut http_opts = http_options(pool, port.protocol);
-    if let Some(o) = http_opts.take() {
-        cluster.typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-            pack(&o).any,
-        );
+    let upstream = upstream_protocol(pool, port.protocol);
+    if let Some(o) = http_options(pool, upstream) {
+        cluster
+            .typed_extension_protocol_options
+            .insert(HTTP_OPTIONS.into(), pack(&o).any);
     }
-    cluster.transport_socket = transport_socket(svc, port, subset, tls);
+    cluster.transport_socket =
+        transport_socket(svc, port, subset, tls, upstream == UpstreamHttp::Http2);
     cluster
 }
 
@@ -274,43 +279,102 @@ fn outlier_detection(o: &IstioOutlier) -> OutlierDetection {
     }
 }
 
+/// Key of the upstream HTTP options in `typed_extension_protocol_options`.
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// ALPN of an Istio-mutual cluster (Istio's `ALPNInMeshWithMxc`): the
+/// `istio` value marks in-mesh traffic.
+const ALPN_IN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
+/// ALPN of an Istio-mutual HTTP/2 cluster (Istio's `ALPNInMeshH2WithMxc`).
+const ALPN_IN_MESH_H2: [&str; 3] = ["istio-peer-exchange", "istio", "h2"];
+
+/// The HTTP version a cluster speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamHttp {
+    /// HTTP/1.1 (Envoy's default; no explicit config needed).
+    Http1,
+    /// HTTP/2 (`explicit_http_config.http2_protocol_options`).
+    Http2,
+    /// The downstream request's version (`use_downstream_protocol_config`).
+    Downstream,
+}
+
+/// Istio's rules for an outbound cluster: HTTP/2 ports (`http2`, `grpc`,
+/// `grpc-web`) always speak h2; `useClientProtocol` follows the client;
+/// otherwise the DestinationRule's `h2UpgradePolicy` decides for HTTP
+/// ports (`UPGRADE`: h2, `DO_NOT_UPGRADE`/`DEFAULT`: the mesh default,
+/// which is Istio's `DO_NOT_UPGRADE`; meshd does not read a mesh-wide
+/// `h2UpgradePolicy` yet). Istio would also mark a TCP port's cluster h2 on
+/// `UPGRADE`; meshd does not, as no HTTP crosses it.
+fn upstream_protocol(pool: Option<&ConnectionPoolSettings>, protocol: Protocol) -> UpstreamHttp {
+    let http = pool.and_then(|p| p.http.as_ref());
+    if http.and_then(|h| h.use_client_protocol) == Some(true) {
+        return UpstreamHttp::Downstream;
+    }
+    match protocol {
+        Protocol::Http2 => UpstreamHttp::Http2,
+        Protocol::Http => match http.and_then(|h| h.h2_upgrade_policy) {
+            Some(H2UpgradePolicy::Upgrade) => UpstreamHttp::Http2,
+            Some(H2UpgradePolicy::DoNotUpgrade | H2UpgradePolicy::Default) | None => {
+                UpstreamHttp::Http1
+            }
+        },
+        Protocol::Tcp => UpstreamHttp::Http1,
+    }
+}
+
 fn http_options(
     pool: Option<&ConnectionPoolSettings>,
-    protocol: Protocol,
+    upstream: UpstreamHttp,
 ) -> Option<HttpProtocolOptions> {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
     let http = pool.and_then(|p| p.http.as_ref());
     let idle = http.and_then(|h| istio_duration(h.idle_timeout.as_ref()));
     let max_req = u32v(http.and_then(|h| h.max_requests_per_connection));
     let max_duration = pool
         .and_then(|p| p.tcp.as_ref())
         .and_then(|t| istio_duration(t.max_connection_duration.as_ref()));
-    if idle.is_none() && max_req.is_none() && max_duration.is_none() && protocol != Protocol::Http2
+    if idle.is_none()
+        && max_req.is_none()
+        && max_duration.is_none()
+        && upstream == UpstreamHttp::Http1
     {
         return None;
     }
-    let protocol_config = if protocol == Protocol::Http2 {
-        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-            Http2ProtocolOptions::default(),
-        )
-    } else {
-        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-            Default::default(),
-        )
+    let h2 = || Http2ProtocolOptions {
+        max_concurrent_streams: u32v(http.and_then(|h| h.max_concurrent_streams)),
+        ..Default::default()
     };
-    Some(HttpProtocolOptions {
-        common_http_protocol_options: Some(CoreHttpOptions {
+    let upstream_protocol_options = match upstream {
+        UpstreamHttp::Downstream => {
+            http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                http_protocol_options::UseDownstreamHttpConfig {
+                    http2_protocol_options: Some(h2()),
+                    ..Default::default()
+                },
+            )
+        }
+        UpstreamHttp::Http2 => http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(h2())),
+            },
+        ),
+        UpstreamHttp::Http1 => http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::HttpProtocolOptions(Default::default())),
+            },
+        ),
+    };
+    let common =
+        (idle.is_some() || max_req.is_some() || max_duration.is_some()).then(|| CoreHttpOptions {
             idle_timeout: idle,
             max_requests_per_connection: max_req,
             max_connection_duration: max_duration,
             ..Default::default()
-        }),
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(protocol_config),
-                },
-            ),
-        ),
+        });
+    Some(HttpProtocolOptions {
+        common_http_protocol_options: common,
+        upstream_protocol_options: Some(upstream_protocol_options),
         ..Default::default()
     })
 }
@@ -323,12 +387,13 @@ fn transport_socket(
     port: &ServicePort,
     subset: Option<&str>,
     tls: Option<&ClientTlsSettings>,
+    http2: bool,
 ) -> Option<TransportSocket> {
     let mode = tls.and_then(|t| t.mode);
     let auto =
         !svc.external && !svc.endpoints.is_empty() && svc.endpoints.iter().all(|e| e.is_mesh());
     let ctx = match mode {
-        Some(ClientTlsMode::IstioMutual) => istio_mutual(svc, port, subset),
+        Some(ClientTlsMode::IstioMutual) => istio_mutual(svc, port, subset, http2),
         Some(ClientTlsMode::Simple) => UpstreamTlsContext {
             sni: tls
                 .and_then(|t| t.sni.clone())
@@ -336,7 +401,7 @@ fn transport_socket(
             ..Default::default()
         },
         Some(ClientTlsMode::Disable) => return None,
-        _ if auto => istio_mutual(svc, port, subset),
+        _ if auto => istio_mutual(svc, port, subset, http2),
         _ => return None,
     };
     Some(TransportSocket {
@@ -345,7 +410,19 @@ fn transport_socket(
     })
 }
 
-fn istio_mutual(svc: &Service, port: &ServicePort, subset: Option<&str>) -> UpstreamTlsContext {
+/// Istio's `ISTIO_MUTUAL` client context; an HTTP/2 cluster also offers
+/// `h2`, which the peer sidecar's inbound chain (`h2`, `http/1.1`) selects.
+fn istio_mutual(
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&str>,
+    http2: bool,
+) -> UpstreamTlsContext {
+    let alpn: &[&str] = if http2 {
+        &ALPN_IN_MESH_H2
+    } else {
+        &ALPN_IN_MESH
+    };
     let mut accounts: Vec<String> = svc
         .endpoints
         .iter()
@@ -376,7 +453,7 @@ fn istio_mutual(svc: &Service, port: &ServicePort, subset: Option<&str>) -> Upst
                 name: "default".into(),
                 ..Default::default()
             }],
-            alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+            alpn_protocols: alpn.iter().map(|a| (*a).to_string()).collect(),
             validation_context_type: Some(
                 common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
@@ -399,8 +476,10 @@ fn istio_mutual(svc: &Service, port: &ServicePort, subset: Option<&str>) -> Upst
     }
 }
 
-fn inbound_cluster(name: &str, port: u32) -> Cluster {
-    Cluster {
+/// The cluster to the app's own port: HTTP/1.1 unless the port is an
+/// HTTP/2 one (`grpc`, `http2`), whatever the peer sidecar spoke.
+fn inbound_cluster(name: &str, port: u32, protocol: Protocol) -> Cluster {
+    let mut cluster = Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
@@ -419,7 +498,17 @@ fn inbound_cluster(name: &str, port: u32) -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
+    };
+    let upstream = match protocol {
+        Protocol::Http2 => UpstreamHttp::Http2,
+        Protocol::Http | Protocol::Tcp => UpstreamHttp::Http1,
+    };
+    if let Some(o) = http_options(None, upstream) {
+        cluster
+            .typed_extension_protocol_options
+            .insert(HTTP_OPTIONS.into(), pack(&o).any);
     }
+    cluster
 }
 
 /// A TCP socket address.
@@ -570,5 +659,132 @@ spec:
             .max_connection_duration
             .unwrap();
         assert_eq!(d.seconds, 3600);
+    }
+
+    fn protocol_options(c: &Cluster) -> Option<HttpProtocolOptions> {
+        c.typed_extension_protocol_options
+            .get(HTTP_OPTIONS)
+            .map(|any| HttpProtocolOptions::decode(any.value.as_slice()).unwrap())
+    }
+
+    fn h2_streams(c: &Cluster) -> Option<Option<u32>> {
+        use http_protocol_options::explicit_http_config::ProtocolConfig;
+        match protocol_options(c)?.upstream_protocol_options? {
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e) => {
+                match e.protocol_config? {
+                    ProtocolConfig::Http2ProtocolOptions(o) => {
+                        Some(o.max_concurrent_streams.map(|v| v.value))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn alpn(c: &Cluster) -> Vec<String> {
+        let Some(transport_socket::ConfigType::TypedConfig(any)) =
+            &c.transport_socket.as_ref().unwrap().config_type
+        else {
+            panic!("typed TLS config expected")
+        };
+        UpstreamTlsContext::decode(any.value.as_slice())
+            .unwrap()
+            .common_tls_context
+            .unwrap()
+            .alpn_protocols
+    }
+
+    const H2: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  ports: [{number: 80, name: http}, {number: 90, name: http-legacy}, {number: 9090, name: grpc}, {number: 3306, name: tcp}]
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 50, http2MaxRequests: 10}}
+    portLevelSettings:
+    - port: {number: 90}
+      connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, connectionPool: {http: {useClientProtocol: true}}}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+";
+
+    #[tokio::test]
+    async fn h2_upgrade_policy_makes_http_clusters_speak_h2_and_offer_h2_alpn() {
+        let snap = snapshot(H2).await;
+        let cfg = generate(&snap, &proxy());
+        let host = "backend.default.svc.cluster.local";
+        let upgraded = cluster(&cfg, &format!("outbound|80||{host}"));
+        assert_eq!(
+            h2_streams(&upgraded),
+            Some(Some(50)),
+            "UPGRADE: h2 with maxConcurrentStreams"
+        );
+        assert_eq!(alpn(&upgraded), ["istio-peer-exchange", "istio", "h2"]);
+        assert_eq!(
+            upgraded.circuit_breakers.unwrap().thresholds[0]
+                .max_requests
+                .unwrap()
+                .value,
+            10,
+            "http2MaxRequests is the max_requests breaker"
+        );
+        // The port-level DO_NOT_UPGRADE wins over the policy's UPGRADE.
+        let legacy = cluster(&cfg, &format!("outbound|90||{host}"));
+        assert_eq!(h2_streams(&legacy), None);
+        assert_eq!(alpn(&legacy), ["istio-peer-exchange", "istio"]);
+        // No HTTP crosses a TCP port: it is never upgraded.
+        let tcp = cluster(&cfg, &format!("outbound|3306||{host}"));
+        assert_eq!(h2_streams(&tcp), None);
+        assert_eq!(alpn(&tcp), ["istio-peer-exchange", "istio"]);
+        // useClientProtocol follows the downstream request's version.
+        let v1 = cluster(&cfg, &format!("outbound|80|v1|{host}"));
+        assert!(matches!(
+            protocol_options(&v1).unwrap().upstream_protocol_options,
+            Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_))
+        ));
+        assert_eq!(alpn(&v1), ["istio-peer-exchange", "istio"]);
+        // A subset policy without connectionPool: the default, HTTP/1.1.
+        let v2 = cluster(&cfg, &format!("outbound|80|v2|{host}"));
+        assert!(protocol_options(&v2).is_none());
+    }
+
+    #[tokio::test]
+    async fn grpc_ports_always_speak_h2_and_http_ports_do_not_by_default() {
+        let yaml = H2.replace(
+            "connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 50, http2MaxRequests: 10}}",
+            "connectionPool: {http: {h2UpgradePolicy: DEFAULT}}",
+        );
+        let snap = snapshot(&yaml).await;
+        let cfg = generate(&snap, &proxy());
+        let host = "backend.default.svc.cluster.local";
+        let grpc = cluster(&cfg, &format!("outbound|9090||{host}"));
+        assert_eq!(h2_streams(&grpc), Some(None));
+        assert_eq!(alpn(&grpc), ["istio-peer-exchange", "istio", "h2"]);
+        let http = cluster(&cfg, &format!("outbound|80||{host}"));
+        assert_eq!(
+            h2_streams(&http),
+            None,
+            "DEFAULT is the mesh default: no upgrade"
+        );
+        assert!(protocol_options(&http).is_none());
+    }
+
+    #[test]
+    fn inbound_clusters_speak_the_apps_protocol() {
+        let http = inbound_cluster("inbound|9080||", 9080, Protocol::Http);
+        assert!(protocol_options(&http).is_none(), "HTTP/1.1 to the app");
+        let grpc = inbound_cluster("inbound|9090||", 9090, Protocol::Http2);
+        assert_eq!(h2_streams(&grpc), Some(None));
     }
 }
