@@ -4,6 +4,7 @@
 //! snapshots so that a config push does not reset the rotation.
 
 pub mod hash;
+pub mod locality;
 pub mod pool;
 pub mod stats;
 
@@ -29,10 +30,14 @@ pub struct ClusterLb {
     /// Passive outlier detection state.
     pub outliers: crate::outlier::Outliers,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
-    table: Mutex<Option<CachedTable>>,
+    tables: Mutex<Vec<CachedTable>>,
     /// HTTP/1.1 connection slots (`max_connections`, `max_pending_requests`).
     pub connections: Arc<pool::ConnectionSlots>,
 }
+
+/// Hash tables kept per cluster: one per endpoint set in use (a priority
+/// spilling over to the next alternates between two sets).
+const CACHED_TABLES: usize = 4;
 
 /// A consistent-hash table and the endpoint set it was built for.
 #[derive(Debug)]
@@ -54,6 +59,9 @@ pub struct PickOptions {
     pub hash: Option<u64>,
     /// Ring or Maglev table size.
     pub table_size: Option<u64>,
+    /// Pick a locality by its weight before an endpoint inside it
+    /// (`locality_weighted_lb_config`).
+    pub locality_weighted: bool,
 }
 
 impl PickOptions {
@@ -64,6 +72,7 @@ impl PickOptions {
             panic_threshold: cluster.healthy_panic_threshold,
             hash: None,
             table_size: cluster.hash_table_size,
+            locality_weighted: cluster.locality_weighted,
         }
     }
 }
@@ -101,6 +110,32 @@ pub fn eligible(assignment: &LoadAssignment) -> Vec<&Endpoint> {
         }
     }
     Vec::new()
+}
+
+/// The health of each priority: endpoints usable for this pick out of all
+/// the priority's endpoints.
+fn priority_health(
+    assignment: &LoadAssignment,
+    usable: &[&Endpoint],
+) -> Vec<locality::PriorityHealth> {
+    let mut levels: std::collections::BTreeMap<u32, locality::PriorityHealth> =
+        std::collections::BTreeMap::new();
+    for e in &assignment.endpoints {
+        levels
+            .entry(e.priority)
+            .or_insert(locality::PriorityHealth {
+                priority: e.priority,
+                usable: 0,
+                total: 0,
+            })
+            .total += 1;
+    }
+    for e in usable {
+        if let Some(l) = levels.get_mut(&e.priority) {
+            l.usable += 1;
+        }
+    }
+    levels.into_values().collect()
 }
 
 /// One admitted request (or connection) under the cluster's circuit
@@ -146,18 +181,17 @@ impl ClusterLb {
         (now < limit).then_some(admission)
     }
 
-    /// The hash table for `hosts`, rebuilt when the set changes.
+    /// The hash table for `hosts`, built when the set is new.
     fn table(&self, policy: LbPolicy, size: Option<u64>, hosts: &[&Endpoint]) -> Arc<Table> {
         let size = size.unwrap_or(match policy {
             LbPolicy::Maglev => hash::DEFAULT_MAGLEV_SIZE,
             _ => hash::DEFAULT_RING_SIZE,
         });
         let set: Vec<(SocketAddr, u32)> = hosts.iter().map(|e| (e.address, e.weight)).collect();
-        let mut cached = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cached.as_ref()
-            && c.policy == policy
-            && c.size == size
-            && c.hosts == set
+        let mut cached = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached
+            .iter()
+            .find(|c| c.policy == policy && c.size == size && c.hosts == set)
         {
             return c.table.clone();
         }
@@ -165,7 +199,10 @@ impl ClusterLb {
             LbPolicy::Maglev => Table::maglev(&set, size),
             _ => Table::ring(&set, size),
         });
-        *cached = Some(CachedTable {
+        if cached.len() >= CACHED_TABLES {
+            cached.remove(0);
+        }
+        cached.push(CachedTable {
             policy,
             size,
             hosts: set,
@@ -192,6 +229,7 @@ impl ClusterLb {
                 panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
                 hash: None,
                 table_size: None,
+                locality_weighted: false,
             },
             assignment,
         )
@@ -227,11 +265,36 @@ impl ClusterLb {
             .filter(|e| !self.outliers.is_ejected(e.address))
             .collect();
         let panic = (usable.len() as f64) * 100.0 < opts.panic_threshold * same_health.len() as f64;
+        let mut rng = rand::rng();
         if !panic {
-            let best = usable.iter().map(|e| e.priority).min()?;
-            hosts = usable.into_iter().filter(|e| e.priority == best).collect();
+            // Each priority takes traffic by its health, overprovisioned
+            // by 1.4 (Envoy's priority load; see [`locality`]).
+            let draw = opts.hash.map_or_else(|| rng.random(), locality::draw_of);
+            let chosen = locality::choose_priority(
+                &locality::priority_loads(&priority_health(assignment, &usable)),
+                draw,
+            )?;
+            hosts = usable
+                .into_iter()
+                .filter(|e| e.priority == chosen)
+                .collect();
         }
         let policy = opts.policy;
+        let hashing =
+            matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev) && opts.hash.is_some();
+        if opts.locality_weighted && !hashing {
+            // A locality of the priority by its weight, then an endpoint
+            // inside it; without any weighted locality, the whole priority.
+            let priority = hosts[0].priority;
+            let all: Vec<&Endpoint> = assignment
+                .endpoints
+                .iter()
+                .filter(|e| e.priority == priority)
+                .collect();
+            if let Some(inside) = locality::choose_locality(&hosts, &all, &mut rng) {
+                hosts = inside;
+            }
+        }
         let hashed = match (policy, opts.hash) {
             (LbPolicy::RingHash | LbPolicy::Maglev, Some(key)) => self
                 .table(policy, opts.table_size, &hosts)
@@ -258,10 +321,9 @@ impl ClusterLb {
                 weighted_at(n % total.max(1))
             }
             (None, LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev) => {
-                weighted_at(rand::rng().random_range(0..total.max(1)))
+                weighted_at(rng.random_range(0..total.max(1)))
             }
             (None, LbPolicy::LeastRequest) => {
-                let mut rng = rand::rng();
                 let a = hosts[rng.random_range(0..hosts.len())];
                 let b = hosts[rng.random_range(0..hosts.len())];
                 // Envoy weighs active requests by endpoint weight.
@@ -308,6 +370,7 @@ mod tests {
             weight,
             priority: 0,
             locality: String::new(),
+            locality_weight: None,
         }
     }
 
@@ -449,5 +512,115 @@ mod tests {
             .filter(|_| lb.pick(LbPolicy::Random, &a).unwrap().address.port() == 1)
             .count();
         assert!((800..980).contains(&ones), "{ones}");
+    }
+
+    fn at(port: u16, priority: u32, locality: &str, weight: Option<u32>) -> Endpoint {
+        Endpoint {
+            priority,
+            locality: locality.into(),
+            locality_weight: weight,
+            ..ep(port, Health::Healthy, 1)
+        }
+    }
+
+    fn share(lb: &ClusterLb, opts: PickOptions, a: &LoadAssignment, port: u16, n: usize) -> usize {
+        (0..n)
+            .filter(|_| lb.pick_with(opts, a).unwrap().address.port() == port)
+            .count()
+    }
+
+    fn opts(policy: LbPolicy, locality_weighted: bool) -> PickOptions {
+        PickOptions {
+            policy,
+            panic_threshold: 50.0,
+            hash: None,
+            table_size: None,
+            locality_weighted,
+        }
+    }
+
+    #[test]
+    fn locality_weighted_cluster_splits_traffic_by_locality_weight() {
+        // Two endpoints in z1 (weight 80), one in z2 (weight 20): by
+        // endpoint the split would be 2:1, by locality it is 80:20.
+        let a = la(vec![
+            at(1, 0, "r/z1/", Some(80)),
+            at(2, 0, "r/z1/", Some(80)),
+            at(3, 0, "r/z2/", Some(20)),
+        ]);
+        let lb = ClusterLb::default();
+        let z2 = share(&lb, opts(LbPolicy::RoundRobin, true), &a, 3, 4000);
+        assert!((600..1000).contains(&z2), "{z2} of 4000 to z2, want ~800");
+        // The same assignment without locality weighting: by endpoint.
+        let z2 = share(&lb, opts(LbPolicy::RoundRobin, false), &a, 3, 3000);
+        assert!((900..1100).contains(&z2), "{z2} of 3000 to z2, want 1000");
+    }
+
+    #[test]
+    fn locality_weights_shrink_with_the_locality_s_health() {
+        let a = la(vec![
+            at(1, 0, "r/z1/", Some(50)),
+            at(2, 0, "r/z1/", Some(50)),
+            at(3, 0, "r/z2/", Some(50)),
+        ]);
+        let lb = ClusterLb::default();
+        let od = crate::config::OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        let one = SocketAddr::from(([10, 0, 0, 1], 1));
+        lb.outliers
+            .report(&od, 3, one, crate::outlier::TryResult::ServerError);
+        // z1 keeps 1 of 2: weight 50 × 0.7 = 35 against z2's 50.
+        let z2 = share(&lb, opts(LbPolicy::RoundRobin, true), &a, 3, 4000);
+        let want = 4000.0 * 50.0 / 85.0;
+        assert!((z2 as f64 - want).abs() < 200.0, "{z2} vs {want}");
+    }
+
+    #[test]
+    fn unhealthy_priority_zero_sends_everything_to_priority_one() {
+        let mut near = at(1, 0, "r/z1/", None);
+        near.health = Health::Unhealthy;
+        let a = la(vec![near, at(2, 1, "r/z2/", None)]);
+        let lb = ClusterLb::default();
+        assert_eq!(
+            share(&lb, opts(LbPolicy::RoundRobin, false), &a, 2, 100),
+            100
+        );
+    }
+
+    #[test]
+    fn a_half_ejected_priority_spills_thirty_percent_to_the_next() {
+        let a = la(vec![
+            at(1, 0, "r/z1/", None),
+            at(2, 0, "r/z1/", None),
+            at(3, 1, "r/z2/", None),
+        ]);
+        let lb = ClusterLb::default();
+        assert_eq!(share(&lb, opts(LbPolicy::Random, false), &a, 3, 200), 0);
+        let od = crate::config::OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        lb.outliers.report(
+            &od,
+            3,
+            SocketAddr::from(([10, 0, 0, 1], 1)),
+            crate::outlier::TryResult::ServerError,
+        );
+        // 1 of 2 usable: priority 0 keeps 1.4 × 50% = 70%.
+        let spilled = share(&lb, opts(LbPolicy::Random, false), &a, 3, 4000);
+        assert!((1000..1400).contains(&spilled), "{spilled} of 4000");
+        // A hash key keeps its priority.
+        let hashed = PickOptions {
+            hash: Some(123_456_789),
+            ..opts(LbPolicy::RingHash, false)
+        };
+        let first = lb.pick_with(hashed, &a).unwrap().address;
+        for _ in 0..20 {
+            assert_eq!(lb.pick_with(hashed, &a).unwrap().address, first);
+        }
     }
 }

@@ -15,7 +15,7 @@ use mesh_proto::envoy::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{
         ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
-        MaglevLbConfig, RingHashLbConfig,
+        MaglevLbConfig, RingHashLbConfig, common_lb_config::LocalityConfigSpecifier,
     },
 };
 use mesh_proto::envoy::pb::envoy::config::core::v3::{
@@ -36,6 +36,7 @@ use mesh_proto::envoy::pb::envoy::r#type::matcher::v3::{StringMatcher, string_ma
 use mesh_proto::envoy::pb::envoy::r#type::v3::Percent;
 use mesh_proto::envoy::pb::google::protobuf::{UInt32Value, UInt64Value};
 
+use super::endpoints::locality::LocalityMode;
 use super::{Context, Generated, ads_source, istio_duration, pack, pb_duration};
 use crate::node::Interception;
 use crate::registry::{Protocol, Service, ServicePort};
@@ -58,13 +59,24 @@ pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsClust
             }
             for (subset, policy, labels) in variants {
                 let name = naming::outbound_cluster_name(port.number, subset, &svc.host);
-                let cluster = outbound_cluster(&name, svc, port, subset, policy);
+                let mut cluster = outbound_cluster(&name, svc, port, subset, policy);
+                let locality = locality_mode(&cluster, port, policy);
+                if locality.as_ref().is_some_and(LocalityMode::weighted) {
+                    // `distribute`: the proxy picks a locality by weight first.
+                    cluster
+                        .common_lb_config
+                        .get_or_insert_with(Default::default)
+                        .locality_config_specifier = Some(
+                        LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()),
+                    );
+                }
                 out.insert(name.clone(), pack(&cluster));
                 eds.push(EdsCluster {
                     name,
                     host: svc.host.clone(),
                     port: port.clone(),
                     labels,
+                    locality,
                 });
             }
         }
@@ -115,6 +127,36 @@ pub struct EdsCluster {
     pub port: ServicePort,
     /// Subset labels (empty: every endpoint).
     pub labels: BTreeMap<String, String>,
+    /// Locality-aware balancing of its endpoints, if any.
+    pub locality: Option<LocalityMode>,
+}
+
+/// The load balancer settings in force for `port` (port-level first).
+fn lb_settings<'a>(
+    port: &ServicePort,
+    policy: Option<&'a TrafficPolicy>,
+) -> Option<&'a LoadBalancerSettings> {
+    policy
+        .and_then(|p| {
+            p.port_level_settings
+                .iter()
+                .find(|s| s.port.as_ref().is_some_and(|x| x.number == port.number))
+        })
+        .and_then(|p| p.load_balancer.as_ref())
+        .or(policy.and_then(|p| p.load_balancer.as_ref()))
+}
+
+/// The locality mode of an outbound cluster: failover needs the cluster's
+/// outlier detection (Istio's rule).
+fn locality_mode(
+    cluster: &Cluster,
+    port: &ServicePort,
+    policy: Option<&TrafficPolicy>,
+) -> Option<LocalityMode> {
+    LocalityMode::of(
+        lb_settings(port, policy),
+        cluster.outlier_detection.is_some(),
+    )
 }
 
 fn outbound_cluster(
@@ -786,5 +828,43 @@ spec:
         assert!(protocol_options(&http).is_none(), "HTTP/1.1 to the app");
         let grpc = inbound_cluster("inbound|9090||", 9090, Protocol::Http2);
         assert_eq!(h2_streams(&grpc), Some(None));
+    }
+
+    #[tokio::test]
+    async fn distribute_makes_the_cluster_locality_weighted() {
+        let yaml = YAML.replace(
+            "loadBalancer: {simple: ROUND_ROBIN}",
+            "loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {distribute: [{from: 'r1/*', to: {'r1/z1/*': 80, 'r1/z2/*': 20}}]}}",
+        );
+        let snap = snapshot(&yaml).await;
+        let cfg = generate(&snap, &proxy());
+        let host = "backend.default.svc.cluster.local";
+        let all = cluster(&cfg, &format!("outbound|80||{host}"));
+        let common = all.common_lb_config.unwrap();
+        assert!(matches!(
+            common.locality_config_specifier,
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ));
+        assert_eq!(common.healthy_panic_threshold.unwrap().value, 0.0);
+        // Failover alone (outlier detection, no distribute) sets priorities
+        // only: no locality weighting.
+        let plain_snap = snapshot(YAML).await;
+        let plain = cluster(
+            &generate(&plain_snap, &proxy()),
+            &format!("outbound|80||{host}"),
+        );
+        assert!(
+            plain
+                .common_lb_config
+                .unwrap()
+                .locality_config_specifier
+                .is_none()
+        );
+        // The v2 subset's own policy has no localityLbSetting.
+        let v2 = cluster(&cfg, &format!("outbound|80|v2|{host}"));
+        assert!(
+            v2.common_lb_config
+                .is_none_or(|c| c.locality_config_specifier.is_none())
+        );
     }
 }

@@ -318,11 +318,13 @@ impl AggregatedDiscoveryService for AdsService {
     }
 }
 
-/// The identity fields translation reads (see [`crate::translate`]).
+/// The identity fields translation reads (see [`crate::translate`]); the
+/// locality because EDS priorities and weights are relative to it.
 fn class_key(p: &ProxyNode) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         p.namespace,
+        p.locality,
         p.labels,
         p.interception,
         p.outbound_port,
@@ -383,4 +385,20 @@ pub fn known_type(type_url: &str) -> Option<&'static str> {
 /// (LDS and CDS; EDS and RDS name their resources).
 pub fn wildcard_by_default(type_url: &str) -> bool {
     type_url == crate::translate::LISTENER_TYPE || type_url == crate::translate::CLUSTER_TYPE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_in_different_localities_do_not_share_a_class() {
+        let mut a = crate::translate::test_support::proxy();
+        a.locality = Some("r1/z1/".into());
+        let mut b = a.clone();
+        b.id = "other".into();
+        assert_eq!(class_key(&a), class_key(&b), "same locality: one class");
+        b.locality = Some("r1/z2/".into());
+        assert_ne!(class_key(&a), class_key(&b));
+    }
 }

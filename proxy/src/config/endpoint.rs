@@ -47,8 +47,13 @@ pub struct Endpoint {
     pub weight: u32,
     /// Priority of its locality group (0 is the highest).
     pub priority: u32,
-    /// `region/zone/sub_zone` of its locality, for display.
+    /// `region/zone/sub_zone` of its locality (also the key of
+    /// locality-weighted balancing).
     pub locality: String,
+    /// Its locality's `load_balancing_weight` (used when the cluster is
+    /// locality-weighted; a locality without one gets no traffic there,
+    /// as in Envoy).
+    pub locality_weight: Option<u32>,
 }
 
 /// The endpoints of one cluster.
@@ -92,7 +97,13 @@ pub(crate) fn load_assignment(
             proximity,
             lb_config,
         } = group;
-        reject_set!(ctx; load_balancing_weight, proximity, lb_config);
+        reject_set!(ctx; proximity, lb_config);
+        let locality_weight = match load_balancing_weight {
+            Some(w) if w.value == 0 => {
+                return Err(ctx.invalid("load_balancing_weight", "must be >= 1"));
+            }
+            w => w.map(|w| w.value),
+        };
         let locality = locality
             .map(|l| {
                 let xc::Locality {
@@ -143,6 +154,7 @@ pub(crate) fn load_assignment(
                 weight,
                 priority,
                 locality: locality.clone(),
+                locality_weight,
             });
         }
     }
@@ -267,6 +279,24 @@ pub(crate) mod tests {
         assert_eq!(la.endpoints[1].weight, 1);
         assert_eq!(la.endpoints[2].health, Health::Draining);
         assert_eq!(la.endpoints[0].locality, "r/z/");
+        assert_eq!(la.endpoints[0].locality_weight, None);
+    }
+
+    #[test]
+    fn locality_weight_is_read_and_zero_is_refused() {
+        let mut c = cla("c", &[("10.0.0.1", 80, 1, None)]);
+        c.endpoints[0].load_balancing_weight =
+            Some(mesh_proto::envoy::pb::google::protobuf::UInt32Value { value: 80 });
+        let la = LoadAssignment::try_from(c.clone()).unwrap();
+        assert_eq!(la.endpoints[0].locality_weight, Some(80));
+        c.endpoints[0].load_balancing_weight =
+            Some(mesh_proto::envoy::pb::google::protobuf::UInt32Value { value: 0 });
+        let err = LoadAssignment::try_from(c).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("endpoints[0].load_balancing_weight"),
+            "{err}"
+        );
     }
 
     #[test]
