@@ -187,14 +187,12 @@ fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
     for s in &ctx.services {
         for p in &s.ports {
             let name = format!("outbound|{}||{}", p.number, s.host);
-            let filter = if p.protocol.is_http() {
-                hcm_rds(&name, &naming::route_config_name(p.number))
-            } else {
-                tcp(
-                    &name,
-                    &naming::outbound_cluster_name(p.number, None, &s.host),
-                )
-            };
+            if !p.protocol.is_http() {
+                // tcp/tls routes: translate/l4.rs.
+                chains.extend(super::l4::outbound_chains(ctx, s, p, &name));
+                continue;
+            }
+            let filter = hcm_rds(&name, &naming::route_config_name(p.number));
             chains.push(FilterChain {
                 name,
                 filter_chain_match: Some(FilterChainMatch {
@@ -210,6 +208,7 @@ fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
             });
         }
     }
+    chains.extend(super::l4::sni_only_chains(ctx));
     let registry_only = ctx.snapshot.config.iter().any(|r| match r {
         mesh_model::Resource::Sidecar(sc) => {
             r.namespace() == ctx.proxy.namespace

@@ -3,6 +3,7 @@
 
 pub mod clusters;
 pub mod endpoints;
+pub mod l4;
 pub mod listeners;
 pub mod peer_auth;
 pub mod routes;

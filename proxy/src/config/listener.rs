@@ -359,7 +359,11 @@ fn chain_match(ctx: &Ctx, m: xl::FilterChainMatch) -> Result<FilterChainMatch, C
         prefix_ranges,
         transport_protocol,
         application_protocols,
-        server_names,
+        // SNI is compared case-insensitively: keep the names lowercase.
+        server_names: server_names
+            .into_iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod original_dst;
+pub mod sni;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,14 +21,16 @@ use detect::{Detected, detect};
 /// server-first protocols fall back to TCP quickly.
 const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Picks the most specific chain for a destination and detected transport,
-/// like Envoy: destination port, then longest IP prefix, then transport
+/// Picks the most specific chain for a destination, detected transport and
+/// TLS SNI, like Envoy: destination port, then longest IP prefix, then
+/// server name (exact over the longest `*.suffix`), then transport
 /// protocol; the default chain when none matches.
-pub fn select_chain(
-    listener: &Listener,
+pub fn select_chain<'a>(
+    listener: &'a Listener,
     dst: SocketAddr,
     transport: Option<TransportProtocol>,
-) -> Option<&FilterChain> {
+    server_name: Option<&str>,
+) -> Option<&'a FilterChain> {
     listener
         .filter_chains
         .iter()
@@ -45,6 +48,22 @@ pub fn select_chain(
                     .map(|c| i16::from(c.len))
                     .max()
             }?;
+            let name_score = if m.server_names.is_empty() {
+                -1
+            } else {
+                let sni = server_name?;
+                m.server_names
+                    .iter()
+                    .filter(|p| sni::server_name_matches(p, sni))
+                    .map(|p| {
+                        if p.starts_with("*.") {
+                            p.len() as i64
+                        } else {
+                            i64::MAX
+                        }
+                    })
+                    .max()?
+            };
             if m.transport_protocol.is_some_and(|t| Some(t) != transport) {
                 return None;
             }
@@ -52,6 +71,7 @@ pub fn select_chain(
                 (
                     m.destination_port.is_some(),
                     prefix,
+                    name_score,
                     m.transport_protocol.is_some(),
                 ),
                 fc,
@@ -65,6 +85,18 @@ pub fn select_chain(
 fn needs_detection(l: &Listener) -> bool {
     l.filter_chains.iter().any(|fc| {
         fc.matcher.transport_protocol.is_some() || !fc.matcher.application_protocols.is_empty()
+    })
+}
+
+/// Whether a chain matched on `server_names` could take a connection to
+/// `dst`: only then is the ClientHello awaited (a server-first protocol on
+/// another port is not held up by the sniff timeout).
+fn needs_sni(l: &Listener, dst: SocketAddr) -> bool {
+    l.filter_chains.iter().any(|fc| {
+        let m = &fc.matcher;
+        !m.server_names.is_empty()
+            && m.destination_port.is_none_or(|p| p == dst.port())
+            && (m.prefix_ranges.is_empty() || m.prefix_ranges.iter().any(|c| c.contains(dst.ip())))
     })
 }
 
@@ -110,12 +142,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
         stream.local_addr().ok()
     };
     let Some(dst) = dst else { return };
-    let transport = if needs_detection(&listener) {
-        let d = detect(
-            &stream,
-            listener.sniff_timeout.unwrap_or(DEFAULT_SNIFF_TIMEOUT),
-        )
-        .await;
+    let sniff_timeout = listener.sniff_timeout.unwrap_or(DEFAULT_SNIFF_TIMEOUT);
+    let sni_possible = needs_sni(&listener, dst);
+    let transport = if sni_possible || needs_detection(&listener) {
+        let d = detect(&stream, sniff_timeout).await;
         Some(if d == Detected::Tls {
             TransportProtocol::Tls
         } else {
@@ -124,7 +154,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
     } else {
         None
     };
-    let Some(chain) = select_chain(&listener, dst, transport) else {
+    let server_name = if transport == Some(TransportProtocol::Tls) && sni_possible {
+        sni::peek_sni(&stream, sniff_timeout).await
+    } else {
+        None
+    };
+    let Some(chain) = select_chain(&listener, dst, transport, server_name.as_deref()) else {
         debug!(listener = %name, %dst, "no filter chain matches; closing");
         return;
     };
@@ -258,7 +293,7 @@ mod tests {
             inbound: false,
         };
         let pick = |dst: &str, t| {
-            select_chain(&l, dst.parse().unwrap(), t)
+            select_chain(&l, dst.parse().unwrap(), t, None)
                 .unwrap()
                 .name
                 .clone()
@@ -271,5 +306,37 @@ mod tests {
         assert_eq!(pick("10.96.1.1:9080", None), "subnet-9080");
         assert_eq!(pick("192.168.0.1:9080", None), "any-on-9080");
         assert_eq!(pick("10.96.0.10:80", None), "passthrough");
+    }
+
+    #[test]
+    fn chain_selection_matches_server_names_exact_over_wildcard_over_none() {
+        let named = |name: &str, names: &[&str]| {
+            let mut c = fc(name, Some(443), None, None);
+            c.matcher.server_names = names.iter().map(|n| n.to_string()).collect();
+            c
+        };
+        let l = Listener {
+            name: "virtualOutbound".into(),
+            address: "0.0.0.0:15001".parse().unwrap(),
+            use_original_dst: true,
+            listener_filters: vec![],
+            sniff_timeout: None,
+            filter_chains: vec![
+                named("a", &["a.example"]),
+                named("wild", &["*.example"]),
+                named("no-sni", &[]),
+            ],
+            default_filter_chain: None,
+            inbound: false,
+        };
+        let dst = "1.2.3.4:443".parse().unwrap();
+        assert!(needs_sni(&l, dst));
+        assert!(!needs_sni(&l, "1.2.3.4:3306".parse().unwrap()));
+        let tls = Some(TransportProtocol::Tls);
+        let pick = |sni| select_chain(&l, dst, tls, sni).unwrap().name.clone();
+        assert_eq!(pick(Some("a.example")), "a");
+        assert_eq!(pick(Some("b.example")), "wild");
+        assert_eq!(pick(Some("other.org")), "no-sni");
+        assert_eq!(pick(None), "no-sni");
     }
 }
