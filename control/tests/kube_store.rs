@@ -281,7 +281,12 @@ async fn the_leader_writes_accepted_conditions_with_the_field_path_into_status()
     tokio::task::yield_now().await;
     assert!(seen.lock().unwrap().is_empty(), "only the leader writes");
     leader_tx.send(true).unwrap();
-    kube_support::eventually("two status writes", || seen.lock().unwrap().len() == 2).await;
+    let status_writes =
+        |seen: &[kube_support::Seen]| seen.iter().filter(|r| r.path.ends_with("/status")).count();
+    kube_support::eventually("two status writes", || {
+        status_writes(&seen.lock().unwrap()) == 2
+    })
+    .await;
     let seen = seen.lock().unwrap();
     let broken = seen
         .iter()
@@ -322,6 +327,81 @@ async fn the_leader_writes_accepted_conditions_with_the_field_path_into_status()
         serde_json::from_value(settled).unwrap(),
     );
     assert!(store.pending_status().is_empty());
+    writer.abort();
+}
+
+#[tokio::test]
+async fn the_leader_posts_a_warning_event_for_an_invalid_object() {
+    let store = KubeStore::new();
+    let mut broken = vs("broken", "11", 4, &["reviews"], 60);
+    broken["spec"]["http"][0]["route"][1]["weight"] = json!(60);
+    let good = vs("reviews", "10", 1, &["reviews"], 90);
+    let objects: Vec<kube::api::DynamicObject> = [good, broken]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    store.replace_kind(Kind::VirtualService, objects);
+
+    let (client, handle) = pair();
+    let (seen, _server) = kube_support::serve(handle, |req| Reply::Json(201, req.body.clone()));
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
+    let writer = store.spawn_status_writer(client, leader);
+    tokio::task::yield_now().await;
+    assert!(seen.lock().unwrap().is_empty(), "only the leader writes");
+    leader_tx.send(true).unwrap();
+    let is_event = |r: &kube_support::Seen| r.path.ends_with("/events");
+    kube_support::eventually("an event", || seen.lock().unwrap().iter().any(is_event)).await;
+    kube_support::eventually("both status writes", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.ends_with("/status"))
+            .count()
+            == 2
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    let events: Vec<_> = seen.iter().filter(|r| is_event(r)).collect();
+    assert_eq!(events.len(), 1, "only the invalid object gets an event");
+    let e = events[0];
+    assert_eq!(e.method, Method::POST);
+    assert_eq!(e.path, "/api/v1/namespaces/shop/events");
+    let body = &e.body;
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["kind"], "Event");
+    assert_eq!(body["metadata"]["namespace"], "shop");
+    assert!(
+        body["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("broken."),
+        "{body}"
+    );
+    assert_eq!(
+        body["involvedObject"],
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "namespace": "shop", "name": "broken", "uid": "0b8d7c1e-broken",
+               "resourceVersion": "11"})
+    );
+    assert_eq!(body["reason"], "Invalid");
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["source"]["component"], "meshd");
+    assert_eq!(body["reportingComponent"], "meshd");
+    assert!(body["firstTimestamp"].is_string(), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("VirtualService shop/broken: "),
+        "{message}"
+    );
+    assert!(message.contains("spec.http[0]"), "{message}");
+    // The event follows the status write of the same object.
+    let status_at = seen
+        .iter()
+        .position(|r| r.path.ends_with("/broken/status"))
+        .unwrap();
+    let event_at = seen.iter().position(is_event).unwrap();
+    assert!(status_at < event_at);
     writer.abort();
 }
 

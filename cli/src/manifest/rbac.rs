@@ -48,6 +48,8 @@ pub fn objects(v: &Values, ns: &str) -> Vec<Value> {
                 rule(&[""], &["services", "pods", "namespaces", "nodes"], &READ),
                 rule(&["discovery.k8s.io"], &["endpointslices"], &READ),
                 rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                // Warning Events about invalid custom resources.
+                rule(&[""], &["events"], &["create", "patch"]),
                 // The root cert is published as a ConfigMap in every namespace.
                 rule(&[""], &["configmaps"], &["get", "list", "watch", "create", "update", "patch"]),
                 // meshd writes its serving CA into the webhooks' caBundle.

@@ -16,6 +16,7 @@ use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use mesh_model::Kind;
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -54,8 +55,16 @@ struct Inner {
     events: broadcast::Sender<WatchEvent>,
     synced: watch::Sender<BTreeSet<Kind>>,
     // Statuses to write (the object's differs), latest per object.
-    status: Mutex<BTreeMap<ResourceKey, (Kind, serde_json::Value)>>,
+    status: Mutex<BTreeMap<ResourceKey, PendingStatus>>,
     status_changed: Notify,
+}
+
+/// A status to write, and the object it belongs to.
+#[derive(Debug, Clone)]
+struct PendingStatus {
+    kind: Kind,
+    status: serde_json::Value,
+    object: ObjectReference,
 }
 
 /// Read-only [`ConfigStore`] over the mesh's custom resources.
@@ -231,7 +240,15 @@ impl KubeStore {
             pending.remove(&key);
             return;
         }
-        pending.insert(key, (kind, want));
+        let object = super::events::reference(kind, obj);
+        pending.insert(
+            key,
+            PendingStatus {
+                kind,
+                status: want,
+                object,
+            },
+        );
         drop(pending);
         self.inner.status_changed.notify_one();
     }
@@ -241,13 +258,14 @@ impl KubeStore {
         let pending = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
         pending
             .iter()
-            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .map(|(k, p)| (k.clone(), p.status.clone()))
             .collect()
     }
 
     /// While this replica leads, writes each object's `Accepted` condition
     /// (with the validation error of an invalid one) to its status
-    /// subresource, only where it differs from what the object has.
+    /// subresource, only where it differs from what the object has; for an
+    /// invalid object it also creates a Warning Event (see [`super::events`]).
     pub fn spawn_status_writer(
         &self,
         client: Client,
@@ -260,8 +278,8 @@ impl KubeStore {
                     let batch = std::mem::take(
                         &mut *this.inner.status.lock().unwrap_or_else(|p| p.into_inner()),
                     );
-                    for (key, (kind, status)) in batch {
-                        this.write_status(&client, kind, &key, status).await;
+                    for (key, pending) in batch {
+                        this.write_status(&client, &key, pending).await;
                     }
                 }
                 tokio::select! {
@@ -272,21 +290,32 @@ impl KubeStore {
         })
     }
 
-    async fn write_status(
-        &self,
-        client: &Client,
-        kind: Kind,
-        key: &ResourceKey,
-        status: serde_json::Value,
-    ) {
+    async fn write_status(&self, client: &Client, key: &ResourceKey, pending: PendingStatus) {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &key.namespace, &api_resource(kind));
-        let patch = ::kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+            Api::namespaced_with(client.clone(), &key.namespace, &api_resource(pending.kind));
+        let condition = &pending.status["conditions"][0];
+        let invalid = (condition["reason"] == super::events::REASON_INVALID).then(|| {
+            condition["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let patch = ::kube::api::Patch::Merge(serde_json::json!({ "status": pending.status }));
         match api
             .patch_status(&key.name, &::kube::api::PatchParams::default(), &patch)
             .await
         {
-            Ok(_) => tracing::debug!(resource = %key, "status written"),
+            Ok(_) => {
+                tracing::debug!(resource = %key, "status written");
+                if let Some(message) = invalid {
+                    let event = super::events::invalid(
+                        &pending.object,
+                        &message,
+                        k8s_openapi::jiff::Timestamp::now(),
+                    );
+                    super::events::post(client, &event).await;
+                }
+            }
             // Deleted meanwhile: nothing to report on.
             Err(::kube::Error::Api(s)) if s.code == 404 => {}
             Err(error) => {

@@ -4,7 +4,8 @@
 //! the CA's root in a Secret and published to every namespace ([`ca`]), and
 //! the admission webhooks ([`webhook`]). The leader writes an `Accepted`
 //! condition into each custom resource's status (false, with the field
-//! path, for an invalid one).
+//! path, for an invalid one) and a Warning Event ([`events`]) for each
+//! invalid one.
 //!
 //! [`KubeMode`] holds the client and settings; `crate::server::start` calls
 //! it at the points where the off-Kubernetes path opens the SQLite store,
@@ -12,6 +13,7 @@
 
 pub mod ca;
 pub mod crds;
+pub mod events;
 pub mod lease;
 pub mod mesh_config;
 pub mod registry;
