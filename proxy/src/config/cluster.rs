@@ -124,6 +124,9 @@ pub struct HttpOptions {
     pub max_connection_duration: Option<Duration>,
     /// Protocol toward the upstream.
     pub protocol: UpstreamProtocol,
+    /// Streams one HTTP/2 connection carries at once before the pool opens
+    /// another (`http2_protocol_options.max_concurrent_streams`).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for HttpOptions {
@@ -133,6 +136,7 @@ impl Default for HttpOptions {
             max_requests_per_connection: None,
             max_connection_duration: None,
             protocol: UpstreamProtocol::Http1,
+            max_concurrent_streams: None,
         }
     }
 }
@@ -634,10 +638,26 @@ fn http_options(ctx: &Ctx, o: xh::HttpProtocolOptions) -> Result<HttpOptions, Co
     }
     out.protocol = match upstream_protocol_options {
         None => UpstreamProtocol::Http1,
-        Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+        Some(U::UseDownstreamProtocolConfig(d)) => {
+            let dctx = ctx.at("use_downstream_protocol_config");
+            let xh::http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options: _http1_defaults,
+                http2_protocol_options,
+                http3_protocol_options,
+            } = d;
+            reject_set!(dctx; http3_protocol_options);
+            if let Some(h2) = http2_protocol_options {
+                out.max_concurrent_streams = http2(&dctx.at("http2_protocol_options"), h2)?;
+            }
+            UpstreamProtocol::Downstream
+        }
         Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
             Some(P::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
-            Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(P::Http2ProtocolOptions(h2)) => {
+                let hctx = ctx.at("explicit_http_config.http2_protocol_options");
+                out.max_concurrent_streams = http2(&hctx, h2)?;
+                UpstreamProtocol::Http2
+            }
             Some(P::Http3ProtocolOptions(_)) => {
                 return Err(ctx.unsupported("explicit_http_config.http3_protocol_options"));
             }
@@ -646,6 +666,46 @@ fn http_options(ctx: &Ctx, o: xh::HttpProtocolOptions) -> Result<HttpOptions, Co
         Some(U::AutoConfig(_)) => return Err(ctx.unsupported("auto_config")),
     };
     Ok(out)
+}
+
+/// Upstream HTTP/2 options: `max_concurrent_streams` is honoured (returned);
+/// any other field set is refused by name.
+fn http2(ctx: &Ctx, o: xc::Http2ProtocolOptions) -> Result<Option<u32>, ConfigError> {
+    let xc::Http2ProtocolOptions {
+        hpack_table_size,
+        max_concurrent_streams,
+        initial_stream_window_size,
+        initial_connection_window_size,
+        allow_connect,
+        allow_metadata,
+        max_outbound_frames,
+        max_outbound_control_frames,
+        max_consecutive_inbound_frames_with_empty_payload,
+        max_inbound_priority_frames_per_stream,
+        max_inbound_window_update_frames_per_data_frame_sent,
+        stream_error_on_invalid_http_messaging,
+        override_stream_error_on_invalid_http_message,
+        custom_settings_parameters,
+        connection_keepalive,
+        use_oghttp2_codec,
+        max_metadata_size,
+        enable_huffman_encoding,
+        max_header_field_size_kb,
+        disallow_obs_text,
+        stream_reset_burst,
+        stream_reset_rate,
+    } = o;
+    reject_set!(ctx; hpack_table_size, initial_stream_window_size, initial_connection_window_size,
+        allow_connect, allow_metadata, max_outbound_frames, max_outbound_control_frames,
+        max_consecutive_inbound_frames_with_empty_payload, max_inbound_priority_frames_per_stream,
+        max_inbound_window_update_frames_per_data_frame_sent, stream_error_on_invalid_http_messaging,
+        override_stream_error_on_invalid_http_message, custom_settings_parameters, connection_keepalive,
+        use_oghttp2_codec, max_metadata_size, enable_huffman_encoding, max_header_field_size_kb,
+        disallow_obs_text, stream_reset_burst, stream_reset_rate);
+    match max_concurrent_streams.map(|v| v.value) {
+        Some(0) => Err(ctx.invalid("max_concurrent_streams", "must be at least 1")),
+        m => Ok(m),
+    }
 }
 
 #[cfg(test)]
@@ -799,6 +859,62 @@ pub(crate) mod tests {
         assert_eq!(
             Cluster::try_from(bad).unwrap_err().to_string(),
             "Cluster bad: invalid ring_hash_lb_config: only valid with lb_policy RING_HASH"
+        );
+    }
+
+    fn with_http_options(mut c: xcl::Cluster, opts: &xh::HttpProtocolOptions) -> xcl::Cluster {
+        c.typed_extension_protocol_options.insert(
+            HTTP_OPTIONS.into(),
+            wkt::Any {
+                type_url: <xh::HttpProtocolOptions as prost::Name>::type_url(),
+                value: opts.encode_to_vec(),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn h2_max_concurrent_streams_is_honoured_and_other_h2_fields_are_refused_by_name() {
+        use xh::http_protocol_options::{
+            ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+            explicit_http_config::ProtocolConfig,
+        };
+        let h2 = |o: xc::Http2ProtocolOptions| xh::HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(o)),
+                },
+            )),
+            ..Default::default()
+        };
+        let streams = xc::Http2ProtocolOptions {
+            max_concurrent_streams: Some(wkt::UInt32Value { value: 50 }),
+            ..Default::default()
+        };
+        let c =
+            Cluster::try_from(with_http_options(eds_cluster("h2"), &h2(streams.clone()))).unwrap();
+        assert_eq!(c.http.protocol, UpstreamProtocol::Http2);
+        assert_eq!(c.http.max_concurrent_streams, Some(50));
+        let downstream = xh::HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                UseDownstreamHttpConfig {
+                    http2_protocol_options: Some(streams),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let c = Cluster::try_from(with_http_options(eds_cluster("d"), &downstream)).unwrap();
+        assert_eq!(c.http.protocol, UpstreamProtocol::Downstream);
+        assert_eq!(c.http.max_concurrent_streams, Some(50));
+        let windows = xc::Http2ProtocolOptions {
+            initial_stream_window_size: Some(wkt::UInt32Value { value: 65535 }),
+            ..Default::default()
+        };
+        let err = Cluster::try_from(with_http_options(eds_cluster("w"), &h2(windows))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cluster w: unsupported field typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].explicit_http_config.http2_protocol_options.initial_stream_window_size"
         );
     }
 

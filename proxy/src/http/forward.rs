@@ -212,6 +212,15 @@ pub(super) async fn forward(
             Some(d) => tokio::time::timeout_at(d, call).await.ok(),
             None => Some(call.await),
         };
+        if let Some(Err(e)) = &result
+            && e.is_overflow()
+        {
+            // An h2 request that would wait for a connection past
+            // max_pending_requests.
+            ClusterStats::inc(&stats.overflow, &cluster.name);
+            out.flag = Some(ResponseFlag::UpstreamOverflow);
+            return local_reply(ResponseFlag::UpstreamOverflow, None);
+        }
         _retry_slot = None;
         let cause = match &result {
             None => RetryCause::Timeout,
@@ -293,8 +302,9 @@ type Call<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a>,
 >;
 
-/// Starts one try: a dedicated connection for upgrades, the pooled mTLS
-/// connections for TLS clusters, the pooled plain client otherwise.
+/// Starts one try: a dedicated connection for upgrades, the h2 pool for
+/// HTTP/2 (plain or mTLS), the pooled mTLS connections for HTTP/1.1 TLS
+/// clusters, the pooled plain client otherwise.
 fn send<'a>(
     request: Request<ProxyBody>,
     target: std::net::SocketAddr,
@@ -303,6 +313,34 @@ fn send<'a>(
     downstream_h2: bool,
     shared: &'a Shared,
 ) -> Call<'a> {
+    let h2 = match cluster.http.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Downstream => downstream_h2,
+    };
+    if h2 && !upgrade {
+        let target = upstream::H2Target {
+            addr: target,
+            opts: upstream::ConnOptions::of(cluster),
+            tls: cluster.tls.clone(),
+            svid: shared.svid.clone(),
+        };
+        let limits = upstream::H2Limits {
+            max_concurrent_streams: cluster.http.max_concurrent_streams,
+            max_pending_requests: cluster
+                .circuit_breaker
+                .as_ref()
+                .and_then(|cb| cb.max_pending_requests),
+        };
+        let name = cluster.name.as_str();
+        return Box::pin(async move {
+            shared
+                .upstreams
+                .h2
+                .send(name, request, target, limits)
+                .await
+        });
+    }
     match (&cluster.tls, upgrade) {
         (tls, true) => Box::pin(upstream::send_dedicated(
             request,

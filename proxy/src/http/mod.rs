@@ -132,6 +132,8 @@ async fn handle(
     // apply to later requests, never to this one.
     let config = shared.config.borrow().clone();
     let method = req.method().clone();
+    // Envoy's %PROTOCOL%: shows whether a peer sidecar upgraded to h2.
+    let protocol = req.version();
     let path = req.uri().path().to_owned();
     let authority = authority(&req);
     // Content-Length only: streamed bodies count as 0 (see docs/proxy.md).
@@ -146,6 +148,7 @@ async fn handle(
     info!(
         target: "access_log",
         method = %method,
+        protocol = ?protocol,
         path = %path,
         authority = %authority,
         status = resp.status().as_u16(),

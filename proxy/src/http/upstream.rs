@@ -1,6 +1,11 @@
 //! Upstream HTTP clients: one hyper-util pooled client per cluster (the
 //! pool inside is keyed by endpoint address, so connections are pooled per
-//! endpoint), rebuilt when the cluster's connection settings change.
+//! endpoint), rebuilt when the cluster's connection settings change; pooled
+//! HTTP/1.1 mTLS connections; and the HTTP/2 pool (`h2`), plain or mTLS.
+
+mod h2;
+
+pub use h2::{H2Limits, H2Pool, H2Target};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +53,8 @@ pub struct ConnOptions {
     pub max_requests: Option<u32>,
     /// Age after which a connection takes no new request.
     pub max_age: Option<Duration>,
+    /// Idle time after which a pooled HTTP/2 connection is dropped.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ConnOptions {
@@ -58,6 +65,7 @@ impl ConnOptions {
             keepalive: cluster.tcp_keepalive,
             max_requests: cluster.http.max_requests_per_connection,
             max_age: cluster.http.max_connection_duration,
+            idle_timeout: cluster.http.idle_timeout,
         }
     }
 
@@ -120,6 +128,8 @@ const MAX_IDLE_MTLS: usize = 32;
 pub struct Upstreams {
     clients: Mutex<HashMap<String, (Settings, HttpClient)>>,
     mtls_idle: Mutex<HashMap<(String, std::net::SocketAddr), Vec<Pooled>>>,
+    /// HTTP/2 connections (plain and mTLS) and pending requests.
+    pub h2: H2Pool,
 }
 
 impl Upstreams {
@@ -181,6 +191,10 @@ pub enum UpstreamError {
     /// The HTTP exchange failed after connecting.
     #[error("upstream HTTP exchange failed")]
     Http(#[source] hyper::Error),
+    /// The request would wait for an HTTP/2 connection beyond the
+    /// cluster's `max_pending_requests` (`UO`).
+    #[error("upstream pending request overflow")]
+    Overflow,
 }
 
 impl UpstreamError {
@@ -189,8 +203,13 @@ impl UpstreamError {
         match self {
             Self::Client(e) => e.is_connect(),
             Self::Connect(_) => true,
-            Self::Http(_) => false,
+            Self::Http(_) | Self::Overflow => false,
         }
+    }
+
+    /// Whether the request was refused by a circuit breaker (`UO`).
+    pub fn is_overflow(&self) -> bool {
+        matches!(self, Self::Overflow)
     }
 }
 

@@ -2,8 +2,11 @@
 //! in flight holds a connection of its own: at most `max_connections`
 //! requests hold one, at most `max_pending_requests` more wait for one, and
 //! the next is refused at once (Envoy's `UO`, no queueing past the limit).
-//! A waiting request gives up at its route deadline (`UT`).
+//! A waiting request gives up at its route deadline (`UT`). HTTP/2
+//! upstreams multiplex requests over one connection: only the requests
+//! waiting for that connection to be established count as pending there.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -113,6 +116,41 @@ impl ConnectionSlots {
     }
 }
 
+/// Requests of an HTTP/2 cluster waiting for a connection to be
+/// established (Envoy's pending requests of an h2 pool): past
+/// `max_pending_requests` the next one is refused at once (`UO`).
+#[derive(Debug, Default)]
+pub struct PendingRequests(AtomicUsize);
+
+/// A counted pending request; dropping it leaves the queue.
+#[derive(Debug)]
+pub struct PendingSlot(Arc<PendingRequests>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl PendingRequests {
+    /// Counts one more waiting request unless `max` (unset: unlimited)
+    /// are waiting already.
+    pub fn enter(self: &Arc<Self>, max: Option<u32>) -> Option<PendingSlot> {
+        let max = max.map_or(usize::MAX, |m| m as usize);
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PendingSlot(self.clone()))
+    }
+
+    /// Requests waiting now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +197,17 @@ mod tests {
         let all: Vec<_> =
             futures_util::future::join_all((0..100).map(|_| slots.acquire(None, None, None))).await;
         assert!(all.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn pending_requests_past_the_limit_are_refused_and_leaving_frees_a_place() {
+        let pending = Arc::new(PendingRequests::default());
+        let a = pending.enter(Some(2)).unwrap();
+        let _b = pending.enter(Some(2)).unwrap();
+        assert!(pending.enter(Some(2)).is_none(), "third over max 2");
+        drop(a);
+        assert_eq!(pending.count(), 1);
+        assert!(pending.enter(Some(2)).is_some());
+        assert!(pending.enter(None).is_some(), "unset: unlimited");
     }
 }
