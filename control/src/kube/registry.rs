@@ -5,12 +5,26 @@
 //! sidecar was injected) and the Nodes those run on (locality from
 //! `topology.kubernetes.io/region` and `/zone`).
 //!
+//! Headless Services (`clusterIP: None`) have no VIP that clients dial:
+//! kube-dns answers with the endpoints' own addresses. Each endpoint
+//! address becomes a service of its own, named as kube-dns names it
+//! (`<hostname>.<svc>.<ns>.svc.<domain>` for a StatefulSet pod, else
+//! `<a-b-c-d>.<svc>.<ns>.svc.<domain>`) with the address as its VIP, so
+//! the outbound listener gets a chain per endpoint address and port
+//! (`prefix_ranges: [<address>/32]`) to a cluster holding just that
+//! endpoint (mTLS to its pod when injected): what a client dialling that
+//! pod reaches, as Istio's per-endpoint chains for headless services do.
+//! The headless Service itself stays (VirtualService and DestinationRule
+//! hosts, HTTP routing by its name) with a VIP from meshd's allocator that
+//! no DNS returns. An address already taken by another service is skipped
+//! (a ClusterIP first, then pod-hostname names, then by name).
+//!
 //! Four reflectors keep the objects; any change recomputes the services
 //! (cheap next to an xDS push) and hands them whole to
 //! [`Workloads::set_platform_services`], which triggers the usual debounced
 //! snapshot rebuild.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -158,37 +172,91 @@ pub fn build(stores: &Stores, cluster_domain: &str) -> Vec<PendingService> {
         };
         slices.entry((ns, svc)).or_default().push(s);
     }
-    let mut out: Vec<PendingService> = stores
-        .services
-        .state()
-        .iter()
-        .filter_map(|svc| {
-            let ns = svc.metadata.namespace.clone()?;
-            let name = svc.metadata.name.clone()?;
-            let empty = Vec::new();
-            let its = slices.get(&(ns, name)).unwrap_or(&empty);
-            service_of(svc, its, stores, cluster_domain)
-        })
-        .collect();
+    let mut out = Vec::new();
+    let mut per_endpoint = Vec::new();
+    for svc in stores.services.state() {
+        let (Some(ns), Some(name)) = (svc.metadata.namespace.clone(), svc.metadata.name.clone())
+        else {
+            continue;
+        };
+        let empty = Vec::new();
+        let its = slices.get(&(ns, name)).unwrap_or(&empty);
+        if let Some((service, endpoints)) = service_of(&svc, its, stores, cluster_domain) {
+            out.push(service);
+            per_endpoint.extend(endpoints);
+        }
+    }
+    // One service per address: a ClusterIP wins, then a name from the
+    // pod's hostname (a StatefulSet's) over an address-derived one, then
+    // the first host in order.
+    let mut taken: BTreeSet<Ipv4Addr> = out.iter().filter_map(|p| p.address).collect();
+    per_endpoint.sort_by_cached_key(|p| {
+        let label = p.service.host.split('.').next().unwrap_or_default();
+        let from_address = p
+            .address
+            .is_some_and(|ip| label == ip.to_string().replace('.', "-"));
+        (from_address, p.service.host.clone())
+    });
+    for p in per_endpoint {
+        match p.address {
+            Some(ip) if taken.insert(ip) => out.push(p),
+            _ => tracing::debug!(host = %p.service.host, "headless endpoint address already taken"),
+        }
+    }
     out.sort_by(|a, b| a.service.host.cmp(&b.service.host));
     out
 }
 
-/// One Service with its endpoints; `None` for kinds the mesh does not route
+/// The services of a headless Service's endpoints: one per IPv4 address,
+/// named as kube-dns names it, with the address as its VIP.
+fn endpoint_services(
+    umbrella: &Service,
+    name: &str,
+    ns: &str,
+    cluster_domain: &str,
+    endpoints: &[(Endpoint, Option<String>)],
+) -> Vec<PendingService> {
+    endpoints
+        .iter()
+        .filter_map(|(ep, hostname)| {
+            let ip: Ipv4Addr = ep.address.parse().ok()?;
+            let label = hostname
+                .clone()
+                .unwrap_or_else(|| ep.address.replace('.', "-"));
+            Some(PendingService {
+                service: Service {
+                    host: format!("{label}.{name}.{ns}.svc.{cluster_domain}"),
+                    namespace: ns.to_string(),
+                    vip: Ipv4Addr::UNSPECIFIED,
+                    ports: umbrella.ports.clone(),
+                    endpoints: vec![ep.clone()],
+                    external: false,
+                    source: format!("Service {ns}/{name} (headless, endpoint {ip})"),
+                },
+                address: Some(ip),
+            })
+        })
+        .collect()
+}
+
+/// One Service with its endpoints, and for a headless one the services of
+/// its endpoint addresses; `None` for kinds the mesh does not route
 /// (ExternalName).
 fn service_of(
     svc: &KubeService,
     slices: &[Arc<EndpointSlice>],
     stores: &Stores,
     cluster_domain: &str,
-) -> Option<PendingService> {
+) -> Option<(PendingService, Vec<PendingService>)> {
     let ns = svc.metadata.namespace.as_deref()?;
     let name = svc.metadata.name.as_deref()?;
     let spec = svc.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    // Headless services ("None") get a VIP from meshd's allocator.
+    // Headless services ("None") get a VIP from meshd's allocator, and
+    // their endpoints services of their own (see the module doc).
+    let headless = spec.cluster_ip.as_deref() == Some("None");
     let address: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
     let ports: Vec<ServicePort> = spec
         .ports
@@ -266,35 +334,41 @@ fn service_of(
                 .and_then(|n| locality_of(&n))
                 .or_else(|| ep.zone.clone().map(|z| format!("/{z}")));
             for address in &ep.addresses {
-                endpoints.push(Endpoint {
-                    address: address.clone(),
-                    ports: ports_by_service_name.clone(),
-                    labels: labels.clone(),
-                    locality: locality.clone(),
-                    weight: 1,
-                    health: health_of(ep.conditions.as_ref()),
-                    service_account: service_account.clone(),
-                    namespace: ns.to_string(),
-                    source: format!(
-                        "EndpointSlice {ns}/{}",
-                        slice.metadata.name.as_deref().unwrap_or_default()
-                    ),
-                });
+                endpoints.push((
+                    Endpoint {
+                        address: address.clone(),
+                        ports: ports_by_service_name.clone(),
+                        labels: labels.clone(),
+                        locality: locality.clone(),
+                        weight: 1,
+                        health: health_of(ep.conditions.as_ref()),
+                        service_account: service_account.clone(),
+                        namespace: ns.to_string(),
+                        source: format!(
+                            "EndpointSlice {ns}/{}",
+                            slice.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    },
+                    ep.hostname.clone(),
+                ));
             }
         }
     }
-    Some(PendingService {
-        service: Service {
-            host: format!("{name}.{ns}.svc.{cluster_domain}"),
-            namespace: ns.to_string(),
-            vip: Ipv4Addr::UNSPECIFIED,
-            ports,
-            endpoints,
-            external: false,
-            source: format!("Service {ns}/{name}"),
-        },
-        address,
-    })
+    let service = Service {
+        host: format!("{name}.{ns}.svc.{cluster_domain}"),
+        namespace: ns.to_string(),
+        vip: Ipv4Addr::UNSPECIFIED,
+        ports,
+        endpoints: endpoints.iter().map(|(e, _)| e.clone()).collect(),
+        external: false,
+        source: format!("Service {ns}/{name}"),
+    };
+    let per_endpoint = if headless {
+        endpoint_services(&service, name, ns, cluster_domain, &endpoints)
+    } else {
+        Vec::new()
+    };
+    Some((PendingService { service, address }, per_endpoint))
 }
 
 /// `appProtocol` first (with Kubernetes' standard `kubernetes.io/h2c`),
