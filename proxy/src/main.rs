@@ -334,11 +334,22 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("--cert-dir {}", dir.display()))?;
                 cfg.static_svid = Some(std::sync::Arc::new(svid));
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.concurrency.into())
-                .enable_all()
-                .build()?;
-            rt.block_on(run(cfg, Some(log_control)))?;
+            // One worker: a current-thread runtime (no worker thread beside
+            // the main one, no cross-thread wake-ups).
+            let rt = if args.concurrency == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(args.concurrency.into())
+                    .enable_all()
+                    .build()?
+            };
+            rt.block_on(async {
+                tokio::spawn(mesh_proxy::runtime::anchor_timers());
+                run(cfg, Some(log_control)).await
+            })?;
             Ok(())
         }
     }

@@ -11,7 +11,7 @@ pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -24,6 +24,7 @@ use crate::config::{
     FaultConfig, HttpConnectionManager, HttpFilter, PathMatch, ProxyConfig, Redirect, Route,
     RouteAction, RouteSource,
 };
+use crate::metrics::RequestSeries;
 use crate::runtime::Shared;
 use flags::{ProxyBody, ResponseFlag, local_reply, text};
 use router::{RequestView, apply_adds, apply_removes, select_route, select_vhost};
@@ -81,10 +82,12 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    let last_series = Arc::new(LastSeries::default());
     let mut draining = shared.draining.subscribe();
     let svc = hyper::service::service_fn(move |req| {
         let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
-        async move { Ok::<_, Infallible>(handle(req, &hcm, &shared, &info).await) }
+        let last_series = last_series.clone();
+        async move { Ok::<_, Infallible>(handle(req, &hcm, &shared, &info, &last_series).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -104,6 +107,59 @@ pub async fn serve_connection<S>(
     }
 }
 
+/// The metric series a connection's last request recorded into, with what
+/// its labels were made of beyond the connection's own facts.
+type LastSeries = Mutex<Option<(SeriesKey, RequestSeries)>>;
+
+/// The per-request parts of the request metric labels.
+#[derive(Debug, PartialEq, Eq)]
+struct SeriesKey {
+    cluster: String,
+    status: u16,
+    flag: Option<ResponseFlag>,
+    upstream_mtls: bool,
+}
+
+impl SeriesKey {
+    fn matches(&self, out: &Outcome, status: u16) -> bool {
+        self.status == status
+            && self.flag == out.flag
+            && self.upstream_mtls == out.upstream_mtls
+            && self.cluster == out.cluster
+    }
+}
+
+/// Records a finished request, looking its series up only when its labels
+/// differ from the connection's previous request.
+fn record_request(
+    shared: &Shared,
+    info: &ConnInfo,
+    out: &Outcome,
+    status: u16,
+    last: &LastSeries,
+    figures: (f64, u64, u64),
+) {
+    let (duration_ms, request_bytes, response_bytes) = figures;
+    let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((key, series)) = last.as_ref()
+        && key.matches(out, status)
+    {
+        series.record(duration_ms, request_bytes, response_bytes);
+        return;
+    }
+    let series = shared
+        .metrics
+        .request_series(&request_labels(shared, info, out, status));
+    series.record(duration_ms, request_bytes, response_bytes);
+    let key = SeriesKey {
+        cluster: out.cluster.clone(),
+        status,
+        flag: out.flag,
+        upstream_mtls: out.upstream_mtls,
+    };
+    *last = Some((key, series));
+}
+
 /// Outcome details for the access log.
 #[derive(Default)]
 struct Outcome {
@@ -119,6 +175,7 @@ async fn handle(
     hcm: &HttpConnectionManager,
     shared: &Shared,
     info: &ConnInfo,
+    last_series: &LastSeries,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     if info.inbound {
@@ -166,12 +223,17 @@ async fn handle(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let labels = request_labels(shared, info, &out, resp.status().as_u16());
-    shared.metrics.record_request(
-        &labels,
-        started.elapsed().as_secs_f64() * 1000.0,
-        request_bytes,
-        size(resp.headers()),
+    record_request(
+        shared,
+        info,
+        &out,
+        resp.status().as_u16(),
+        last_series,
+        (
+            started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes,
+            size(resp.headers()),
+        ),
     );
     resp
 }
