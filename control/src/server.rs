@@ -217,7 +217,9 @@ pub async fn start_with_kube(
     let xds_state = XdsState::new(builder, workloads, status, metrics);
     let ads = AdsService::new(xds_state.clone());
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
+        // Without TCP_NODELAY, a response's last small frame can wait for
+        // the client's delayed ACK (Nagle).
+        let incoming = tonic::transport::server::TcpIncoming::from(xds).with_nodelay(Some(true));
         let res = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads.into_server())

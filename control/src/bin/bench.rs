@@ -5,7 +5,7 @@
 //!
 //! `cargo run -p mesh-control --profile bench --bin meshd-bench -- --services 1000 --endpoints 5 --proxies 1000`
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,10 @@ use clap::Parser;
 use mesh_control::config::Config;
 use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
+use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,6 +44,10 @@ struct Args {
     /// meshd's debounce.
     #[arg(long, default_value = "100ms")]
     debounce: String,
+    /// Simulated proxies decode every response in full (prost, every
+    /// resource's `Any` copied) instead of the envelope only.
+    #[arg(long)]
+    full_decode: bool,
     /// Internal: run only the simulated proxies against this xDS address
     /// (the parent process runs meshd, so its RSS is meshd's alone).
     #[arg(long, hide = true)]
@@ -73,6 +79,8 @@ enum Event {
     Ready(usize, Instant),
     /// Saw the watched resource name.
     Saw(usize, Instant),
+    /// Proxy 0's resources and bytes per type URL when it became ready.
+    Sizes(BTreeMap<String, (usize, usize)>),
 }
 
 fn unix_nanos() -> u128 {
@@ -98,9 +106,9 @@ async fn run_clients(args: &Args, addr: &str) -> anyhow::Result<()> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     for id in 0..args.proxies {
         let ch = channels[id % channels.len()].clone();
-        let (t, e) = (target_rx.clone(), ev_tx.clone());
+        let (t, e, full) = (target_rx.clone(), ev_tx.clone(), args.full_decode);
         tokio::spawn(async move {
-            if let Err(err) = client(id, ch, t, e).await {
+            if let Err(err) = client(id, ch, full, t, e).await {
                 eprintln!("client {id}: {err:#}");
             }
         });
@@ -119,6 +127,12 @@ async fn run_clients(args: &Args, addr: &str) -> anyhow::Result<()> {
         let (tag, id, at) = match ev {
             Event::Ready(id, at) => ("R", id, at),
             Event::Saw(id, at) => ("S", id, at),
+            Event::Sizes(sizes) => {
+                for (ty, (count, bytes)) in sizes {
+                    println!("B {ty} {count} {bytes}");
+                }
+                continue;
+            }
         };
         let nanos = unix_nanos() - now.saturating_duration_since(at).as_nanos();
         println!("{tag} {id} {nanos}");
@@ -126,14 +140,136 @@ async fn run_clients(args: &Args, addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a simulated proxy reads of a response: enough to ACK it, verify
+/// the resource names it waits for and count the bytes.
+#[derive(Debug, Default)]
+struct Resp {
+    type_url: String,
+    nonce: String,
+    names: Vec<String>,
+    bytes: usize,
+}
+
+/// The envelope of a `DeltaDiscoveryResponse`: the type, the nonce and each
+/// resource's name; prost skips the other fields (each resource's `Any`)
+/// without copying them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanResponse {
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LeanResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// A `Resource` of which only the name is decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanResource {
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+/// Encodes delta requests, decodes responses as [`LeanResponse`]s.
+#[derive(Debug, Default, Clone, Copy)]
+struct LeanCodec;
+
+impl tonic::codec::Codec for LeanCodec {
+    type Encode = DeltaDiscoveryRequest;
+    type Decode = Resp;
+    type Encoder = LeanCodec;
+    type Decoder = LeanCodec;
+    fn encoder(&mut self) -> LeanCodec {
+        LeanCodec
+    }
+    fn decoder(&mut self) -> LeanCodec {
+        LeanCodec
+    }
+}
+
+impl tonic::codec::Encoder for LeanCodec {
+    type Item = DeltaDiscoveryRequest;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: DeltaDiscoveryRequest,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        item.encode(buf)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for LeanCodec {
+    type Item = Resp;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Resp>, tonic::Status> {
+        use bytes::Buf;
+        let bytes = buf.remaining();
+        let m = LeanResponse::decode(buf)
+            .map_err(|e| tonic::Status::internal(format!("malformed response: {e}")))?;
+        Ok(Some(Resp {
+            type_url: m.type_url,
+            nonce: m.nonce,
+            names: m.resources.into_iter().map(|r| r.name).collect(),
+            bytes,
+        }))
+    }
+}
+
+/// The responses of one delta stream, however they are decoded.
+enum Responses {
+    Lean(tonic::Streaming<Resp>),
+    Full(tonic::Streaming<DeltaDiscoveryResponse>),
+}
+
+impl Responses {
+    async fn open(
+        channel: tonic::transport::Channel,
+        requests: mpsc::Receiver<DeltaDiscoveryRequest>,
+        full: bool,
+    ) -> anyhow::Result<Self> {
+        const MAX: usize = 512 * 1024 * 1024;
+        let requests = ReceiverStream::new(requests);
+        if full {
+            let mut c =
+                AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX);
+            return Ok(Self::Full(
+                c.delta_aggregated_resources(requests).await?.into_inner(),
+            ));
+        }
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX);
+        grpc.ready().await?;
+        let path = http::uri::PathAndQuery::from_static(mesh_control::xds::wire::DELTA_PATH);
+        let resp = grpc
+            .streaming(tonic::Request::new(requests), path, LeanCodec)
+            .await?;
+        Ok(Self::Lean(resp.into_inner()))
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Option<Resp>> {
+        Ok(match self {
+            Self::Lean(s) => s.message().await?,
+            Self::Full(s) => s.message().await?.map(|r| Resp {
+                bytes: r.encoded_len(),
+                type_url: r.type_url,
+                nonce: r.nonce,
+                names: r.resources.into_iter().map(|r| r.name).collect(),
+            }),
+        })
+    }
+}
+
 async fn client(
     id: usize,
     channel: tonic::transport::Channel,
+    full: bool,
     target: watch::Receiver<Option<(String, String)>>,
     events: mpsc::UnboundedSender<Event>,
 ) -> anyhow::Result<()> {
-    let mut c =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
         id: format!(
@@ -154,13 +290,13 @@ async fn client(
         ..Default::default()
     })
     .await?;
-    let mut stream = c
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let (mut eds_wanted, mut eds_have) = (HashSet::new(), HashSet::new());
+    let mut stream = Responses::open(channel, rx, full).await?;
+    // EDS names subscribed → received; and how many were received.
+    let (mut eds, mut eds_have) = (HashMap::<String, bool>::new(), 0usize);
     let (mut cds, mut lds, mut rds, mut ready) = (false, false, false, false);
-    while let Some(resp) = stream.message().await? {
+    // Per type: resources and bytes received before ready.
+    let mut sizes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    while let Some(resp) = stream.next().await? {
         let now = Instant::now();
         tx.send(DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
@@ -168,21 +304,28 @@ async fn client(
             ..Default::default()
         })
         .await?;
-        let seen_target = target.borrow().as_ref().is_some_and(|(t, name)| {
-            *t == resp.type_url && resp.resources.iter().any(|r| r.name == *name)
-        });
+        if !ready {
+            let e = sizes.entry(resp.type_url.clone()).or_default();
+            e.0 += resp.names.len();
+            e.1 += resp.bytes;
+        }
+        let seen_target = target
+            .borrow()
+            .as_ref()
+            .is_some_and(|(t, name)| *t == resp.type_url && resp.names.iter().any(|n| n == name));
         if seen_target {
             let _ = events.send(Event::Saw(id, now));
         }
         match resp.type_url.as_str() {
             CDS => {
                 cds = true;
-                let new: Vec<String> = resp
-                    .resources
-                    .iter()
-                    .map(|r| r.name.clone())
-                    .filter(|n| n.starts_with("outbound|") && eds_wanted.insert(n.clone()))
-                    .collect();
+                let mut new = Vec::new();
+                for n in resp.names {
+                    if n.starts_with("outbound|") && !eds.contains_key(&n) {
+                        new.push(n.clone());
+                        eds.insert(n, false);
+                    }
+                }
                 if !new.is_empty() {
                     tx.send(DeltaDiscoveryRequest {
                         type_url: EDS.into(),
@@ -192,7 +335,16 @@ async fn client(
                     .await?;
                 }
             }
-            EDS => eds_have.extend(resp.resources.iter().map(|r| r.name.clone())),
+            EDS => {
+                for n in &resp.names {
+                    if let Some(got) = eds.get_mut(n)
+                        && !*got
+                    {
+                        *got = true;
+                        eds_have += 1;
+                    }
+                }
+            }
             LDS => {
                 if !lds {
                     tx.send(DeltaDiscoveryRequest {
@@ -204,21 +356,42 @@ async fn client(
                 }
                 lds = true;
             }
-            RDS => rds = true,
+            RDS => rds = resp.names.iter().any(|n| n == "80") || rds,
             _ => {}
         }
-        if !ready
-            && cds
-            && lds
-            && rds
-            && !eds_wanted.is_empty()
-            && eds_have.len() >= eds_wanted.len()
-        {
+        if !ready && cds && lds && rds && !eds.is_empty() && eds_have == eds.len() {
             ready = true;
+            if id == 0 {
+                let _ = events.send(Event::Sizes(std::mem::take(&mut sizes)));
+            }
             let _ = events.send(Event::Ready(id, now));
         }
     }
     Ok(())
+}
+
+/// User and system CPU seconds of process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    // Fields 14 and 15 of /proc/<pid>/stat, after the parenthesised name,
+    // in clock ticks (100 per second on Linux).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, s) = (
+                f.get(11)?.parse::<f64>().ok()?,
+                f.get(12)?.parse::<f64>().ok()?,
+            );
+            Some((u + s) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn rss_mb() -> f64 {
@@ -321,16 +494,25 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    println!(
+        "load average before the proxies connect: {}",
+        load_average()
+    );
     let started = Instant::now();
+    let cpu_before = cpu_seconds("self");
+    let mut child_args = vec![
+        "--clients-of".to_string(),
+        meshd.xds_addr.to_string(),
+        "--proxies".to_string(),
+        args.proxies.to_string(),
+        "--connections".to_string(),
+        args.connections.to_string(),
+    ];
+    if args.full_decode {
+        child_args.push("--full-decode".into());
+    }
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--clients-of",
-            &meshd.xds_addr.to_string(),
-            "--proxies",
-            &args.proxies.to_string(),
-            "--connections",
-            &args.connections.to_string(),
-        ])
+        .args(&child_args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -343,6 +525,13 @@ async fn main() -> anyhow::Result<()> {
         let mut lines = tokio::io::BufReader::new(child_out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let p: Vec<&str> = line.split(' ').collect();
+            if p.first() == Some(&"B") {
+                let (ty, n, b) = (p.get(1), p.get(2), p.get(3));
+                let short = ty.and_then(|t| t.rsplit('.').next()).unwrap_or("?");
+                let (n, b) = (n.unwrap_or(&"?"), b.unwrap_or(&"?"));
+                println!("  proxy 0 received {short}: {n} resources, {b} bytes");
+                continue;
+            }
             let (Some(tag), Some(id), Some(nanos)) = (p.first(), p.get(1), p.get(2)) else {
                 continue;
             };
@@ -359,7 +548,9 @@ async fn main() -> anyhow::Result<()> {
             let _ = ev_tx.send(ev);
         }
     });
+    let child_pid = child.id().map(|p| p.to_string()).unwrap_or_default();
     let ready = wait_all(&mut ev_rx, args.proxies, true).await?;
+    let (meshd_cpu, clients_cpu) = (cpu_seconds("self") - cpu_before, cpu_seconds(&child_pid));
     let initial = ready
         .iter()
         .max()
@@ -369,6 +560,11 @@ async fn main() -> anyhow::Result<()> {
         "initial full push to {} proxies: {:.0} ms",
         args.proxies,
         initial.as_secs_f64() * 1000.0
+    );
+    println!(
+        "CPU until every proxy was ready: meshd {meshd_cpu:.2} s, simulated proxies {clients_cpu:.2} s ({} decode); load average now {}",
+        if args.full_decode { "full" } else { "envelope" },
+        load_average()
     );
     println!(
         "meshd RSS with the proxies connected: {:.0} MB (clients run in a child process)",

@@ -2,7 +2,7 @@
 //! named, and a reconnecting client's `initial_resource_versions` let meshd
 //! resume without resending what the client already has.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
@@ -13,7 +13,7 @@ use tonic::{Status, Streaming};
 
 use bytes::Bytes;
 
-use super::cache::{ClassConfig, TypeSet};
+use super::cache::{ClassConfig, IdMap, IdSet, TypeSet};
 use super::stream;
 use super::wire::WireResponse;
 use super::{XdsState, known_type, wildcard_by_default};
@@ -29,15 +29,15 @@ struct TypeState {
     subscribed: bool,
     wildcard: bool,
     /// Ids ([`translate::name_id`]) of the names subscribed explicitly.
-    names: HashSet<u64>,
+    names: IdSet,
     /// What the client has, when that is exactly the wanted part of a set
     /// meshd sent (the usual case: no per-stream copy of it).
     synced: Option<Arc<TypeSet>>,
     /// Otherwise (a new stream, or one that stated its
     /// `initial_resource_versions`): name id → version id.
-    client: HashMap<u64, u64>,
+    client: IdMap<u64>,
     /// Names of the resources in `client`, to name them when removed.
-    client_names: HashMap<u64, String>,
+    client_names: IdMap<String>,
     sent_nonce: Option<String>,
     sent_version: Option<String>,
 }
@@ -201,7 +201,8 @@ impl Conn {
         };
         let t = self.types.entry(ty).or_default();
         let all = &set.resources;
-        let fresh_ids: HashSet<u64> = fresh.iter().map(|n| translate::name_id(n)).collect();
+        let fresh_ids: Vec<u64> = fresh.iter().map(|n| translate::name_id(n)).collect();
+        let fresh_set: IdSet = fresh_ids.iter().copied().collect();
         let mut resources = Vec::new();
         let mut removed: Vec<String> = Vec::new();
         let push = |resources: &mut Vec<Bytes>, name: &String, g: &translate::Generated| {
@@ -215,7 +216,7 @@ impl Conn {
                 Some(changed) => {
                     for name in changed {
                         let id = translate::name_id(name);
-                        if !t.wants(id) || fresh_ids.contains(&id) {
+                        if !t.wants(id) || fresh_set.contains(&id) {
                             continue;
                         }
                         match all.get(name) {
@@ -227,7 +228,7 @@ impl Conn {
                 None => {
                     for (name, g) in all {
                         if t.wants(g.name_id)
-                            && !fresh_ids.contains(&g.name_id)
+                            && !fresh_set.contains(&g.name_id)
                             && old.resources.get(name).map(|o| o.version_id) != Some(g.version_id)
                         {
                             push(&mut resources, name, g);
@@ -241,13 +242,13 @@ impl Conn {
                 }
             },
             None => {
-                let mut present = HashSet::new();
+                let mut present = IdSet::default();
                 for (name, g) in all {
                     if !t.wants(g.name_id) {
                         continue;
                     }
                     present.insert(g.name_id);
-                    if !fresh_ids.contains(&g.name_id)
+                    if !fresh_set.contains(&g.name_id)
                         && t.client.get(&g.name_id) != Some(&g.version_id)
                     {
                         push(&mut resources, name, g);
@@ -262,15 +263,17 @@ impl Conn {
                 }
             }
         }
-        for name in fresh {
-            if let Some(g) = all.get(name) {
-                push(&mut resources, name, g);
+        // By name id: one probe of the set's encoded resources per name
+        // rather than a search of its sorted names.
+        for id in &fresh_ids {
+            if let Some(wire) = set.wire_by_id(*id) {
+                resources.push(wire);
             }
         }
         // An explicit subscription to a missing resource is answered by
         // naming it removed, so the client stops waiting for it.
         for n in announce {
-            if n != "*" && !all.contains_key(n) && !removed.contains(n) {
+            if n != "*" && set.wire_by_id(translate::name_id(n)).is_none() && !removed.contains(n) {
                 removed.push(n.clone());
             }
         }
