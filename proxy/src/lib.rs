@@ -9,6 +9,7 @@ pub mod app_probe;
 pub mod cert_files;
 pub mod config;
 pub mod config_dump;
+pub mod dns;
 pub mod drain;
 pub mod health;
 pub mod http;

@@ -1,7 +1,8 @@
 //! L4 routing on loopback with a fake ADS server: a `tcp_proxy` with
 //! `weighted_clusters` splits connections by weight, and filter chains
 //! matched on `server_names` send TLS by its SNI to the right backend,
-//! untouched (the client's handshake completes with the backend itself).
+//! untouched (the client's handshake completes with the backend itself);
+//! a `STRICT_DNS` cluster naming `localhost` reaches a loopback backend.
 
 mod support;
 
@@ -265,4 +266,66 @@ async fn tls_is_routed_by_sni_and_passed_through_untouched() {
             assert_eq!(read_all(tls).await, expected, "SNI {sni}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_dns_cluster_resolves_localhost_to_the_loopback_backend() {
+    use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
+    use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
+    let backend = named_backend("dns").await;
+    // The cluster meshd emits for `resolution: DNS`: the host name and port
+    // in its own load_assignment, no EDS.
+    let mut c = static_cluster("outbound|80||ext.example", &[backend]);
+    c.cluster_discovery_type = Some(xcl::cluster::ClusterDiscoveryType::Type(
+        xcl::cluster::DiscoveryType::StrictDns as i32,
+    ));
+    c.dns_lookup_family = xcl::cluster::DnsLookupFamily::V4Only as i32;
+    let la = c.load_assignment.as_mut().unwrap();
+    let Some(
+        mesh_proto::envoy::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
+            e,
+        ),
+    ) = &mut la.endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        unreachable!()
+    };
+    let Some(xc::Address {
+        address: Some(xc::address::Address::SocketAddress(sa)),
+    }) = &mut e.address
+    else {
+        unreachable!()
+    };
+    sa.address = "localhost".into();
+    let clusters = vec![("outbound|80||ext.example".to_string(), any(&c))];
+    let (_ads, addrs, rx) = start(
+        clusters,
+        |addrs| {
+            vec![listener(
+                "tcp",
+                addrs[0],
+                false,
+                vec![],
+                Some(chain("ext", None, tcp_filter("outbound|80||ext.example"))),
+            )]
+        },
+        &["tcp"],
+    )
+    .await;
+    // The first resolution runs in the background: poll until it is in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = TcpStream::connect(addrs[0]).await.unwrap();
+        if read_all(s).await == "dns" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "localhost never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let config = rx.borrow().clone();
+    let cluster = &config.clusters["outbound|80||ext.example"];
+    let la = config.cluster_endpoints(cluster).unwrap();
+    assert_eq!(la.endpoints[0].address, backend);
 }

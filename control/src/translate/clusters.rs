@@ -70,6 +70,11 @@ pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsClust
                         LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()),
                     );
                 }
+                if super::dns::make_dns_cluster(ctx, svc, port, &labels, &mut cluster) {
+                    // resolution: DNS: endpoints inline, resolved by the proxy.
+                    out.insert(name, pack(&cluster));
+                    continue;
+                }
                 out.insert(name.clone(), pack(&cluster));
                 eds.push(EdsCluster {
                     name,

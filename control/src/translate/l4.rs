@@ -7,11 +7,11 @@
 
 use std::collections::BTreeSet;
 
+use mesh_model::Object;
 use mesh_model::common::labels_match;
 use mesh_model::host;
 use mesh_model::naming;
 use mesh_model::networking::{L4MatchAttributes, RouteDestination, TlsMatchAttributes};
-use mesh_model::{Object, Resource};
 use mesh_proto::envoy::pb::envoy::config::core::v3::CidrRange;
 use mesh_proto::envoy::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, filter,
@@ -40,21 +40,12 @@ pub enum L4Target {
 /// `protocol: TLS` or `HTTPS`, or (without a protocol) its name starts with
 /// `tls` or `https` (Istio's port-name convention).
 pub fn is_tls_port(ctx: &Context<'_>, svc: &Service, port: &ServicePort) -> bool {
-    let declared = ctx.snapshot.config.iter().find_map(|r| match r {
-        Resource::ServiceEntry(se) if r.namespace() == svc.namespace => se
-            .spec
-            .hosts
+    let declared = super::dns::service_entry(ctx, svc).and_then(|se| {
+        se.spec
+            .ports
             .iter()
-            .any(|h| host::fqdn(h, r.namespace(), CLUSTER_DOMAIN) == svc.host)
-            .then(|| {
-                se.spec
-                    .ports
-                    .iter()
-                    .find(|p| p.number == port.number)
-                    .and_then(|p| p.protocol.clone())
-            })
-            .flatten(),
-        _ => None,
+            .find(|p| p.number == port.number)
+            .and_then(|p| p.protocol.clone())
     });
     let proto = declared.unwrap_or_else(|| {
         port.name

@@ -2,6 +2,7 @@
 //! docs/xds.md describes: listeners, routes, clusters and endpoints.
 
 pub mod clusters;
+pub mod dns;
 pub mod endpoints;
 pub mod l4;
 pub mod listeners;

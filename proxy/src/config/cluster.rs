@@ -32,6 +32,8 @@ pub enum Discovery {
     Static(Arc<LoadAssignment>),
     /// The connection's original destination (PassthroughCluster).
     OriginalDst,
+    /// Hosts resolved by DNS (`STRICT_DNS`, `LOGICAL_DNS`; see `crate::dns`).
+    Dns(Arc<crate::dns::DnsCluster>),
 }
 
 /// Load-balancing policy.
@@ -252,8 +254,8 @@ impl TryFrom<xcl::Cluster> for Cluster {
         reject_set!(ctx; transport_socket_matches, transport_socket_matcher, stats_matcher,
             per_connection_buffer_limit_bytes, per_connection_buffer_high_watermark_timeout, health_checks,
             max_requests_per_connection, upstream_http_protocol_options, common_http_protocol_options,
-            http_protocol_options, http2_protocol_options, dns_refresh_rate, dns_jitter, dns_failure_refresh_rate,
-            respect_dns_ttl, dns_lookup_family, dns_resolvers, use_tcp_for_dns_lookups, dns_resolution_config,
+            http_protocol_options, http2_protocol_options, dns_jitter, dns_failure_refresh_rate, dns_resolvers,
+            use_tcp_for_dns_lookups, dns_resolution_config,
             typed_dns_resolver_config, wait_for_warm_on_init, cleanup_interval, upstream_bind_config,
             lb_subset_config, protocol_selection,
             close_connections_on_host_health_failure, ignore_health_on_host_removal, filters,
@@ -271,6 +273,9 @@ impl TryFrom<xcl::Cluster> for Cluster {
             }
             None => D::Static,
         };
+        if !matches!(kind, D::StrictDns | D::LogicalDns) {
+            reject_set!(ctx; dns_refresh_rate, respect_dns_ttl, dns_lookup_family);
+        }
         let discovery = match kind {
             D::Eds => {
                 reject_set!(ctx; load_assignment);
@@ -299,7 +304,17 @@ impl TryFrom<xcl::Cluster> for Cluster {
                 Discovery::OriginalDst
             }
             D::StrictDns | D::LogicalDns => {
-                return Err(ctx.invalid("type", format!("{} is not supported", kind.as_str_name())));
+                reject_set!(ctx; eds_cluster_config);
+                let settings = crate::dns::DnsSettings {
+                    load_assignment,
+                    dns_refresh_rate,
+                    respect_dns_ttl,
+                    dns_lookup_family,
+                };
+                let logical = kind == D::LogicalDns;
+                Discovery::Dns(Arc::new(crate::dns::dns_cluster(
+                    &ctx, &name, logical, settings,
+                )?))
             }
         };
 
@@ -942,15 +957,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn strict_dns_cluster_is_rejected() {
+    fn strict_dns_cluster_keeps_its_hosts_and_dns_fields_elsewhere_are_refused() {
         let mut c = static_cluster("dns", "127.0.0.1", 80);
         c.cluster_discovery_type = Some(xcl::cluster::ClusterDiscoveryType::Type(
             xcl::cluster::DiscoveryType::StrictDns as i32,
         ));
-        let err = Cluster::try_from(c).unwrap_err();
+        c.respect_dns_ttl = true;
+        let Discovery::Dns(d) = Cluster::try_from(c).unwrap().discovery else {
+            panic!("a DNS cluster")
+        };
+        assert_eq!(d.spec.hosts, ["127.0.0.1"]);
+        assert!(d.spec.respect_ttl);
+        let mut c = static_cluster("static", "127.0.0.1", 80);
+        c.respect_dns_ttl = true;
         assert_eq!(
-            err.to_string(),
-            "Cluster dns: invalid type: STRICT_DNS is not supported"
+            Cluster::try_from(c).unwrap_err().to_string(),
+            "Cluster static: unsupported field respect_dns_ttl"
         );
     }
 

@@ -10,7 +10,7 @@
 mod action;
 pub(crate) mod check;
 mod cluster;
-mod endpoint;
+pub(crate) mod endpoint;
 mod headers;
 mod http;
 mod listener;
@@ -85,6 +85,7 @@ impl ProxyConfig {
             Discovery::Eds { service_name } => self.endpoints.get(service_name).cloned(),
             Discovery::Static(assignment) => Some(assignment.clone()),
             Discovery::OriginalDst => None,
+            Discovery::Dns(dns) => dns.endpoints(),
         }
     }
 }
