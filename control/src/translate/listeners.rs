@@ -182,8 +182,48 @@ fn tcp(stat_prefix: &str, cluster: &str) -> Filter {
     typed("envoy.filters.network.tcp_proxy", pack(&t).any)
 }
 
+/// The outbound HTTP chains: one per port (`0.0.0.0_<port>`, as Istio
+/// names it) matching every VIP with an HTTP service on that port, with one
+/// HCM on RDS route `<port>`, whose virtual hosts tell the services apart
+/// by host name and by `VIP:port`. One chain and HCM per service would
+/// repeat the same HCM a thousand times in a large mesh; the VIP prefixes
+/// keep other destinations on the port on the default (passthrough) chain.
+fn http_outbound_chains(ctx: &Context<'_>) -> Vec<FilterChain> {
+    let mut ports: BTreeMap<u32, std::collections::BTreeSet<std::net::Ipv4Addr>> = BTreeMap::new();
+    for s in &ctx.services {
+        for p in s.ports.iter().filter(|p| p.protocol.is_http()) {
+            ports.entry(p.number).or_default().insert(s.vip);
+        }
+    }
+    ports
+        .into_iter()
+        .map(|(port, vips)| {
+            let name = format!("0.0.0.0_{port}");
+            FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    prefix_ranges: vips
+                        .into_iter()
+                        .map(|vip| CidrRange {
+                            address_prefix: vip.to_string(),
+                            prefix_len: Some(UInt32Value { value: 32 }),
+                        })
+                        .collect(),
+                    destination_port: Some(UInt32Value { value: port }),
+                    ..Default::default()
+                }),
+                filters: vec![hcm_rds(
+                    &format!("outbound_{name}"),
+                    &naming::route_config_name(port),
+                )],
+                name,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
-    let mut chains = Vec::new();
+    let mut chains = http_outbound_chains(ctx);
     for s in &ctx.services {
         for p in &s.ports {
             let name = format!("outbound|{}||{}", p.number, s.host);
@@ -192,20 +232,6 @@ fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
                 chains.extend(super::l4::outbound_chains(ctx, s, p, &name));
                 continue;
             }
-            let filter = hcm_rds(&name, &naming::route_config_name(p.number));
-            chains.push(FilterChain {
-                name,
-                filter_chain_match: Some(FilterChainMatch {
-                    prefix_ranges: vec![CidrRange {
-                        address_prefix: s.vip.to_string(),
-                        prefix_len: Some(UInt32Value { value: 32 }),
-                    }],
-                    destination_port: Some(UInt32Value { value: p.number }),
-                    ..Default::default()
-                }),
-                filters: vec![filter],
-                ..Default::default()
-            });
         }
     }
     chains.extend(super::l4::sni_only_chains(ctx));
@@ -400,6 +426,85 @@ kind: ServiceEntry
 metadata: {name: backend}
 spec: {hosts: [backend], ports: [{number: 80, name: http}, {number: 5432, name: tcp-db}]}
 ";
+
+    #[tokio::test]
+    async fn http_services_share_one_outbound_chain_per_port_matching_their_vips() {
+        let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec: {hosts: [a], ports: [{number: 80, name: http}, {number: 8080, name: http-alt}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b}
+spec: {hosts: [b], ports: [{number: 80, name: http}]}
+";
+        let snap = snapshot(yaml).await;
+        let cfg = generate(&snap, &proxy());
+        let out =
+            Listener::decode(cfg[LISTENER_TYPE]["virtualOutbound"].any.value.as_slice()).unwrap();
+        let vip = |h: &str| {
+            snap.services
+                .values()
+                .find(|s| s.host.starts_with(h))
+                .unwrap()
+                .vip
+                .to_string()
+        };
+        let chain = |port: u32| {
+            let c = out
+                .filter_chains
+                .iter()
+                .find(|c| c.name == format!("0.0.0.0_{port}"))
+                .unwrap();
+            let m = c.filter_chain_match.clone().unwrap();
+            let mut vips: Vec<String> = m
+                .prefix_ranges
+                .iter()
+                .map(|r| r.address_prefix.clone())
+                .collect();
+            vips.sort();
+            assert!(
+                m.prefix_ranges
+                    .iter()
+                    .all(|r| r.prefix_len == Some(UInt32Value { value: 32 }))
+            );
+            assert_eq!(m.destination_port, Some(UInt32Value { value: port }));
+            assert_eq!(c.filters.len(), 1);
+            let hcm = match &c.filters[0].config_type {
+                Some(filter::ConfigType::TypedConfig(any)) => {
+                    HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+                }
+                _ => panic!("typed HCM"),
+            };
+            let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier
+            else {
+                panic!("RDS");
+            };
+            assert_eq!(rds.route_config_name, port.to_string());
+            vips
+        };
+        let mut both = vec![vip("a."), vip("b.")];
+        both.sort();
+        assert_eq!(chain(80), both);
+        assert_eq!(chain(8080), vec![vip("a.")]);
+        assert_eq!(out.filter_chains.len(), 2, "one chain per HTTP port");
+        // The route configurations tell the services apart by VIP:port.
+        let rc =
+            RouteConfiguration::decode(cfg[super::super::ROUTE_TYPE]["80"].any.value.as_slice())
+                .unwrap();
+        for h in ["a.", "b."] {
+            let d = format!("{}:80", vip(h));
+            assert_eq!(
+                rc.virtual_hosts
+                    .iter()
+                    .filter(|v| v.domains.contains(&d))
+                    .count(),
+                1,
+                "{d}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn captured_proxy_gets_outbound_chain_per_vip_port_and_inbound_per_workload_port() {
