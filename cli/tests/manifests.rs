@@ -512,3 +512,63 @@ fn install_without_a_cluster_says_how_to_reach_one() {
     assert!(err.contains("no Kubernetes cluster to install to"), "{err}");
     assert!(out.stdout.is_empty(), "nothing applied, nothing printed");
 }
+
+/// `--set global.hub/global.tag` name meshd's image and the sidecar image
+/// meshd's injector uses: the `mesh-config` ConfigMap's `proxyImage`, which
+/// the Deployment mounts at meshd's `--mesh-config-dir` (meshd reads it
+/// there: control/tests/kube_webhook.rs injects a pod with it).
+#[test]
+fn set_hub_and_tag_name_the_injected_sidecar_image() {
+    let out = meshctl(&[
+        "manifest",
+        "generate",
+        "--set",
+        "global.hub=x",
+        "--set",
+        "global.tag=y",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty() && d.trim() != "---")
+        .map(|d| serde_saphyr::from_str(d.trim_start_matches("---\n")).unwrap())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let config = find("ConfigMap", "mesh-config");
+    assert_eq!(config["data"]["proxyImage"], "x/mesh-proxy:y");
+    let meshd = &find("Deployment", "meshd")["spec"]["template"]["spec"];
+    let container = &meshd["containers"][0];
+    assert_eq!(container["image"], "x/meshd:y");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--mesh-config-dir="))
+        .expect("meshd reads its mesh config from a directory");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .expect("the mesh config directory is mounted");
+    let volume = meshd["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "mesh-config");
+}

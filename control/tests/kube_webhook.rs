@@ -133,6 +133,17 @@ async fn post(
 async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bundle() {
     mesh_control::install_crypto_provider();
     let data = tempfile::tempdir().unwrap();
+    // The mesh-config ConfigMap as the Deployment mounts it (one file per
+    // key), rendered with `--set global.hub=x --set global.tag=y`.
+    let mesh_config = data.path().join("mesh-config");
+    std::fs::create_dir(&mesh_config).unwrap();
+    for (key, value) in [
+        ("trustDomain", "cluster.local"),
+        ("rootCertConfigMap", "mesh-ca-root-cert"),
+        ("proxyImage", "x/mesh-proxy:y"),
+    ] {
+        std::fs::write(mesh_config.join(key), value).unwrap();
+    }
     let config = Config::parse_from([
         "meshd",
         "--kubernetes",
@@ -142,6 +153,8 @@ async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bund
         "meshd-0",
         "--webhook-addr",
         "127.0.0.1:0",
+        "--mesh-config-dir",
+        mesh_config.to_str().unwrap(),
     ]);
     let ca = mesh_ca::CertificateAuthority::load_or_init(
         &data.path().join("ca"),
@@ -169,6 +182,13 @@ async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bund
         .unwrap();
     let patch = String::from_utf8(patch).unwrap();
     assert!(patch.contains("meshd.mesh-system.svc:15012"), "{patch}");
+    // The sidecar image is the install's, from the mesh config.
+    let ops: serde_json::Value = serde_json::from_str(&patch).unwrap();
+    let mut images = Vec::new();
+    collect_images(&ops, &mut images);
+    assert!(!images.is_empty(), "{patch}");
+    assert!(images.iter().all(|i| i == "x/mesh-proxy:y"), "{images:?}");
+    assert!(!patch.contains("mesh/mesh-proxy"), "{patch}");
 
     // An invalid VirtualService is refused with the model's field path.
     let review = fixture("virtualservice-bad-weight.json");
@@ -216,5 +236,21 @@ async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bund
     );
     for t in tasks {
         t.abort();
+    }
+}
+
+/// Every `image` string anywhere in `v`.
+fn collect_images(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x.as_str()) {
+                    ("image", Some(image)) => out.push(image.to_string()),
+                    _ => collect_images(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_images(x, out)),
+        _ => {}
     }
 }

@@ -47,8 +47,15 @@ fn config_map(v: &Values, ns: &str) -> Value {
             "outboundTrafficPolicy": v.str("meshConfig.outboundTrafficPolicy"),
             "accessLogEnabled": v.str("meshConfig.accessLogEnabled"),
             "rootCertConfigMap": "mesh-ca-root-cert",
+            // The sidecar image meshd's injector uses: the install's hub and tag.
+            "proxyImage": proxy_image(v),
         },
     })
+}
+
+/// The sidecar image of an install: `<hub>/mesh-proxy:<tag>`.
+pub fn proxy_image(v: &Values) -> String {
+    format!("{}/mesh-proxy:{}", v.str("global.hub"), v.str("global.tag"))
 }
 
 fn service(v: &Values, ns: &str) -> Value {

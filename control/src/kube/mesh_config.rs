@@ -17,6 +17,9 @@ pub struct MeshConfig {
     pub trust_domain: Option<String>,
     /// `rootCertConfigMap`.
     pub root_cert_configmap: Option<String>,
+    /// `proxyImage`: the sidecar image the injector puts into pods (the
+    /// install's `<hub>/mesh-proxy:<tag>`).
+    pub proxy_image: Option<String>,
 }
 
 impl MeshConfig {
@@ -37,6 +40,7 @@ impl MeshConfig {
         MeshConfig {
             trust_domain: key("trustDomain"),
             root_cert_configmap: key("rootCertConfigMap"),
+            proxy_image: key("proxyImage"),
         }
     }
 }
@@ -49,8 +53,10 @@ mod tests {
     fn mounted_configmap_keys_are_read_and_missing_ones_are_absent() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("trustDomain"), "example.org\n").unwrap();
+        std::fs::write(dir.path().join("proxyImage"), "x/mesh-proxy:y").unwrap();
         let mc = MeshConfig::read(dir.path());
         assert_eq!(mc.trust_domain.as_deref(), Some("example.org"));
+        assert_eq!(mc.proxy_image.as_deref(), Some("x/mesh-proxy:y"));
         assert_eq!(mc.root_cert_configmap, None);
         assert_eq!(
             MeshConfig::read(&dir.path().join("nope")),

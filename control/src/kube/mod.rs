@@ -97,6 +97,9 @@ pub struct KubeMode {
     pub trust_domain: String,
     /// Name of the root-cert ConfigMap published in every namespace.
     pub root_cert_configmap: String,
+    /// The sidecar image injected pods get (the mesh config's
+    /// `proxyImage`; the injector's default when it names none).
+    pub proxy_image: String,
     /// Where the webhooks serve.
     pub webhook_addr: SocketAddr,
     /// The config store over the custom resources.
@@ -110,6 +113,7 @@ impl std::fmt::Debug for KubeMode {
             .field("identity", &self.identity)
             .field("cluster_domain", &self.cluster_domain)
             .field("trust_domain", &self.trust_domain)
+            .field("proxy_image", &self.proxy_image)
             .finish_non_exhaustive()
     }
 }
@@ -137,21 +141,20 @@ impl KubeMode {
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("meshd-{}", std::process::id()));
-        let (trust_domain, root_cert_configmap) = match &config.mesh_config_dir {
-            Some(dir) => {
-                let mc = mesh_config::MeshConfig::read(dir);
-                (
-                    mc.trust_domain
-                        .unwrap_or_else(|| config.trust_domain.clone()),
-                    mc.root_cert_configmap
-                        .unwrap_or_else(|| mesh_config::DEFAULT_ROOT_CERT_CONFIGMAP.into()),
-                )
-            }
-            None => (
-                config.trust_domain.clone(),
-                mesh_config::DEFAULT_ROOT_CERT_CONFIGMAP.into(),
-            ),
-        };
+        let mc = config
+            .mesh_config_dir
+            .as_deref()
+            .map(mesh_config::MeshConfig::read)
+            .unwrap_or_default();
+        let trust_domain = mc
+            .trust_domain
+            .unwrap_or_else(|| config.trust_domain.clone());
+        let root_cert_configmap = mc
+            .root_cert_configmap
+            .unwrap_or_else(|| mesh_config::DEFAULT_ROOT_CERT_CONFIGMAP.into());
+        let proxy_image = mc
+            .proxy_image
+            .unwrap_or_else(|| mesh_inject::InjectConfig::default().proxy_image);
         KubeMode {
             client,
             namespace: config.namespace.clone(),
@@ -159,6 +162,7 @@ impl KubeMode {
             cluster_domain: config.cluster_domain.clone(),
             trust_domain,
             root_cert_configmap,
+            proxy_image,
             webhook_addr: config.webhook_addr,
             store: KubeStore::new(),
         }
@@ -235,6 +239,7 @@ impl KubeMode {
     /// The injector's settings for this installation.
     pub fn inject_config(&self) -> mesh_inject::InjectConfig {
         mesh_inject::InjectConfig {
+            proxy_image: self.proxy_image.clone(),
             xds_address: format!("http://meshd.{}.svc:15010", self.namespace),
             ca_address: format!("https://meshd.{}.svc:15012", self.namespace),
             ca_audience: CA_AUDIENCE.into(),
@@ -290,7 +295,7 @@ impl KubeMode {
             state,
             std::future::pending(),
         )));
-        tracing::info!(%webhook_addr, "admission webhooks listening (HTTPS)");
+        tracing::info!(%webhook_addr, proxy_image = %self.proxy_image, "admission webhooks listening (HTTPS)");
         Ok(Started {
             webhook_addr,
             leader,
