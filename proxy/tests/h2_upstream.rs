@@ -531,11 +531,10 @@ async fn h2_requests_over_max_requests_get_exactly_one_uo_at_once() {
         .map(|i| tokio::spawn(get(proxy, format!("/{i}"))))
         .collect();
     // The fourth is refused while the three are held at the backend.
-    wait_until("one request answered", || {
-        calls.iter().any(|c| c.is_finished())
+    wait_until("three requests at the backend and one answered", || {
+        b.requests.load(Ordering::SeqCst) == 3 && calls.iter().any(|c| c.is_finished())
     })
     .await;
-    assert_eq!(b.requests.load(Ordering::SeqCst), 3);
     let refused = calls.iter().position(|c| c.is_finished()).unwrap();
     let (status, _, flags) = calls.remove(refused).await.unwrap();
     assert_eq!((status, flags.as_str()), (503, "UO"));
@@ -609,4 +608,55 @@ async fn h2_requests_waiting_for_the_connection_past_max_pending_get_uo_at_once(
     );
     assert_eq!(held.lock().unwrap().len(), 1, "one connect for both");
     first.abort();
+}
+
+/// A plain h2 backend that answers one request per connection, then sends
+/// GOAWAY (graceful shutdown); counts connections.
+async fn goaway_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let _ = answered_tx.send(());
+                    let body = format!("{}", req.uri().path());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = answered.recv() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_new_h2_connection_replaces_one_the_upstream_closed_with_goaway() {
+    let (backend, connections) = goaway_backend().await;
+    let (proxy, shared) = proxy_to(h2(static_cluster("h2", &[backend]), None)).await;
+    for i in 0..3 {
+        let (status, body, _) = get(proxy, format!("/{i}")).await;
+        assert_eq!((status, body), (200, format!("/{i}")));
+        wait_until("the pool sees the GOAWAY", || {
+            shared.upstreams.h2.connections("h2", backend) == 0
+        })
+        .await;
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3, "one per request");
 }
