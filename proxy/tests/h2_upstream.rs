@@ -624,7 +624,7 @@ async fn goaway_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                 let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     let _ = answered_tx.send(());
-                    let body = format!("{}", req.uri().path());
+                    let body = req.uri().path().to_string();
                     async move {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
                             Bytes::from(body),
