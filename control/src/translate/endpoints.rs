@@ -68,8 +68,12 @@ fn assignment(
         .collect();
     // A proxy without a locality gets no locality-aware balancing (Istio's
     // rule too): every endpoint stays at priority 0.
-    if let (Some(mode), Some(proxy)) = (&c.locality, proxy_locality) {
-        locality::apply(mode, &locality::parse(proxy), &mut endpoints);
+    match (&c.locality, proxy_locality) {
+        (Some(mode), Some(proxy)) => locality::apply(mode, &locality::parse(proxy), &mut endpoints),
+        // The cluster is locality-weighted whatever the proxy: weigh the
+        // localities by their endpoints.
+        (Some(mode), None) if mode.weighted() => locality::weigh_by_endpoints(&mut endpoints),
+        _ => {}
     }
     ClusterLoadAssignment {
         cluster_name: c.name.clone(),
@@ -287,5 +291,7 @@ spec: {host: reviews, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1
             by_zone(&la),
             [("z1".into(), 0, Some(1)), ("z2".into(), 0, Some(1))]
         );
+        // So does a client without a locality.
+        assert_eq!(by_zone(&assignment_for(&dr, None, &w)), by_zone(&la));
     }
 }

@@ -142,16 +142,23 @@ fn group_weight(g: &LocalityLbEndpoints) -> u32 {
         .fold(0u32, u32::saturating_add)
 }
 
-fn apply_distribute(
-    proxy: &Locality,
-    distribute: &[LocalityDistribute],
-    groups: &mut Vec<LocalityLbEndpoints>,
-) {
+/// Gives every group its endpoints' total weight as locality weight: what
+/// a locality-weighted cluster needs when no `distribute` entry applies
+/// (a real Envoy sends nothing to a locality without a weight).
+pub fn weigh_by_endpoints(groups: &mut [LocalityLbEndpoints]) {
     for g in groups.iter_mut() {
         g.load_balancing_weight = Some(UInt32Value {
             value: group_weight(g).max(1),
         });
     }
+}
+
+fn apply_distribute(
+    proxy: &Locality,
+    distribute: &[LocalityDistribute],
+    groups: &mut Vec<LocalityLbEndpoints>,
+) {
+    weigh_by_endpoints(groups);
     let Some(rule) = distribute.iter().find(|d| matches(&d.from, Some(proxy))) else {
         // No rule for this proxy: every locality by its endpoints' weight.
         return;
