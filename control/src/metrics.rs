@@ -29,6 +29,11 @@ pub struct Metrics {
     pub connected: Gauge,
     /// Snapshots built.
     pub snapshots: Counter,
+    /// The embedded CA's counters (`mesh_ca_svids_issued_total`,
+    /// `mesh_ca_requests_rejected_total{reason}`), shared with its server.
+    pub ca: mesh_ca::metrics::CaMetrics,
+    /// When the newest mesh root expires (seconds since the epoch).
+    pub ca_root_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,8 +73,17 @@ impl Metrics {
             "Config/registry snapshots built",
             snapshots.clone(),
         );
+        let ca = mesh_ca::metrics::CaMetrics::register(&mut registry);
+        let ca_root_expiry = Gauge::default();
+        registry.sub_registry_with_prefix("mesh_ca").register(
+            "root_cert_expiry_timestamp",
+            "When the newest mesh root certificate expires (seconds since the epoch)",
+            ca_root_expiry.clone(),
+        );
         Self {
             registry,
+            ca,
+            ca_root_expiry,
             pushes,
             rejects,
             push_time,
@@ -102,5 +116,28 @@ impl Metrics {
                 r#type: short_type.to_ascii_lowercase(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod ca_tests {
+    use super::*;
+
+    #[test]
+    fn ca_counters_and_root_expiry_are_exported() {
+        let m = Metrics::new();
+        m.ca.issued.inc();
+        m.ca.reject(mesh_ca::metrics::RejectReason::Internal);
+        m.ca_root_expiry.set(1_900_000_000);
+        let text = m.encode();
+        assert!(text.contains("mesh_ca_svids_issued_total 1"), "{text}");
+        assert!(
+            text.contains("mesh_ca_requests_rejected_total{reason="),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesh_ca_root_cert_expiry_timestamp 1900000000"),
+            "{text}"
+        );
     }
 }

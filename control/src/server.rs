@@ -102,6 +102,17 @@ async fn start_ca(
         mesh_ca::IssuePolicy::default(),
     )?);
     let _ = shared.ca.set(crate::ca_info::CaInfo::of(&ca));
+    let root_expiry = shared
+        .ca
+        .get()
+        .into_iter()
+        .flat_map(|info| &info.roots)
+        .filter_map(|der| crate::ca_info::root_info(der))
+        .map(|root| root.not_after)
+        .max();
+    if let Some(expiry) = root_expiry {
+        shared.metrics.ca_root_expiry.set(expiry);
+    }
     let tokens = Arc::new(mesh_ca::token::JoinTokens::load_or_create(&dir)?);
     let mut auth = Authenticator::default().with_join_tokens(tokens);
     if let Some(k) = kube {
@@ -139,7 +150,7 @@ async fn serve_tls(
     opts: &mesh_ca::server::ServeOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let tls = mesh_ca::server::tls_config(&ca, opts)?;
-    let metrics = mesh_ca::metrics::CaMetrics::default();
+    let metrics = xds.metrics.ca.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .tls_config(tls)?
