@@ -134,6 +134,22 @@ impl KubeArgs {
         }
     }
 
+    /// A client for the cluster these flags name, or the inferred one; an
+    /// error saying why when there is none (`install`, `uninstall`).
+    pub async fn required_client(&self) -> Result<kube::Client, AccessError> {
+        let config = if self.kubeconfig.is_some() || self.context.is_some() {
+            self.config().await?
+        } else {
+            Some(
+                Config::infer()
+                    .await
+                    .map_err(|e| AccessError::Config(e.to_string()))?,
+            )
+        };
+        let config = config.ok_or_else(|| AccessError::Config("none found".into()))?;
+        kube::Client::try_from(config).map_err(AccessError::Kube)
+    }
+
     /// A client for the cluster these flags name (see [`KubeArgs::config`]).
     pub async fn client(&self) -> Result<Option<kube::Client>, AccessError> {
         match self.config().await? {

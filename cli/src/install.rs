@@ -31,6 +31,9 @@ pub struct Args {
     /// How long to wait for meshd to become ready.
     #[arg(long, default_value = "300s", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// Which Kubernetes cluster to install to.
+    #[command(flatten)]
+    pub kube: crate::access::KubeArgs,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -272,8 +275,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let ns = args.generate.namespace.clone();
     let objects = crate::manifest::install::objects(&values, &ns);
     let targets = targets(&objects, &ns)?;
-    let client = Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes cluster to install to (set KUBECONFIG or run in a pod): {e}")
+    let client = args.kube.required_client().await.map_err(|e| {
+        anyhow::anyhow!(
+            "no Kubernetes cluster to install to (set KUBECONFIG, pass --kubeconfig, or run in a pod): {e}"
+        )
     })?;
     let mut out = std::io::stdout();
     apply_all(&client, &targets, &mut out).await?;

@@ -20,6 +20,9 @@ pub struct Args {
     /// Also delete the CRDs (and so every VirtualService, DestinationRule...).
     #[arg(long)]
     pub purge: bool,
+    /// Which Kubernetes cluster to uninstall from.
+    #[command(flatten)]
+    pub kube: crate::access::KubeArgs,
 }
 
 /// Deletes `targets` in reverse order; objects already gone are fine.
@@ -68,9 +71,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let ns = args.generate.namespace.clone();
     let objects = crate::manifest::install::objects(&values, &ns);
     let targets = targets(&objects, &ns)?;
-    let client = Client::try_default().await.map_err(|e| {
+    let client = args.kube.required_client().await.map_err(|e| {
         anyhow::anyhow!(
-            "no Kubernetes cluster to uninstall from (set KUBECONFIG or run in a pod): {e}"
+            "no Kubernetes cluster to uninstall from (set KUBECONFIG, pass --kubeconfig, or run in a pod): {e}"
         )
     })?;
     delete_all(&client, &targets, args.purge, &mut std::io::stdout()).await?;
