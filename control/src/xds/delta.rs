@@ -19,8 +19,11 @@ use super::wire::WireResponse;
 use super::{XdsState, known_type, wildcard_by_default};
 use crate::translate::{self, PUSH_ORDER, short_type};
 
-/// Most resources in one delta response.
-const DELTA_BATCH: usize = 100;
+/// Most bytes of resources in one delta response (a single larger resource
+/// goes alone): far below the 4 MiB gRPC clients accept by default, and
+/// large enough that a 1,000-service mesh's clusters or load assignments
+/// go out in one response (one ACK) rather than ten.
+const DELTA_BATCH_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -185,6 +188,24 @@ impl stream::StreamConn for Conn {
     }
 }
 
+/// Splits `resources` into runs of at most `max` bytes (a part larger than
+/// `max` alone); always at least one (possibly empty) batch.
+fn batch_by_size(resources: Vec<Bytes>, max: usize) -> Vec<Vec<Bytes>> {
+    let mut batches = vec![Vec::new()];
+    let mut size = 0;
+    for r in resources {
+        let last = batches.len() - 1;
+        if !batches[last].is_empty() && size + r.len() > max {
+            batches.push(Vec::new());
+            size = 0;
+        }
+        size += r.len();
+        let last = batches.len() - 1;
+        batches[last].push(r);
+    }
+    batches
+}
+
 impl Conn {
     /// Sends what the client lacks of `ty`: `announce` are the names the
     /// request subscribed (a missing one is named removed), `fresh` those the
@@ -287,17 +308,10 @@ impl Conn {
         self.base.slot.acquire().await;
         t.pending = true;
         let version = set.version().to_string();
-        // Large updates go out in batches: smaller messages interleave
-        // better on a shared connection, and the per-stream encode buffer
-        // (which keeps its largest size) stays small.
-        let mut batches = Vec::new();
-        let mut rest = resources;
-        while rest.len() > DELTA_BATCH {
-            let tail = rest.split_off(DELTA_BATCH);
-            batches.push(rest);
-            rest = tail;
-        }
-        batches.push(rest);
+        // Very large updates go out in batches of at most
+        // DELTA_BATCH_BYTES (the parts are shared, so a batch costs no copy;
+        // each response costs the client a decode and an ACK).
+        let batches = batch_by_size(resources, DELTA_BATCH_BYTES);
         let nonces: Vec<String> = batches.iter().map(|_| self.base.state.nonce()).collect();
         let last_nonce = nonces.last().cloned().unwrap_or_default();
         t.sent_nonce = Some(last_nonce.clone());
@@ -330,5 +344,25 @@ impl Conn {
             self.base.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_max_bytes_and_a_large_part_goes_alone() {
+        let part = |n: usize| Bytes::from(vec![0u8; n]);
+        let sizes = |b: &[Vec<Bytes>]| -> Vec<Vec<usize>> {
+            b.iter()
+                .map(|v| v.iter().map(Bytes::len).collect())
+                .collect()
+        };
+        let b = batch_by_size(vec![part(4), part(4), part(3), part(20), part(1)], 10);
+        assert_eq!(sizes(&b), [vec![4, 4], vec![3], vec![20], vec![1]]);
+        assert_eq!(sizes(&batch_by_size(Vec::new(), 10)), [Vec::<usize>::new()]);
+        let one = batch_by_size((0..1000).map(|_| part(300)).collect(), DELTA_BATCH_BYTES);
+        assert_eq!(one.len(), 1, "a 1,000-service CDS is one response");
     }
 }
