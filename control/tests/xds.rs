@@ -806,3 +806,64 @@ async fn malformed_requests_end_only_their_own_stream() {
     let update = good.recv().await;
     assert_eq!(update.resources.len(), first.resources.len() + 1);
 }
+
+/// A client certificate that chains to the mesh's CA but carries no SPIFFE
+/// ID (a DNS name only, client-auth usage), signed here with the CA's own
+/// key as a misconfigured issuer would.
+fn non_svid_identity(dir: &std::path::Path) -> tonic::transport::Identity {
+    let ca_dir = dir.join("ca");
+    let read = |name: &str| std::fs::read_to_string(ca_dir.join(name)).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&read(mesh_ca::authority::CA_KEY)).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&read(mesh_ca::authority::CA_CERT), ca_key).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["not-a-workload.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let chain = format!("{}{}", cert.pem(), read(mesh_ca::authority::CERT_CHAIN));
+    tonic::transport::Identity::from_pem(chain, key.serialize_pem())
+}
+
+#[tokio::test]
+async fn xds_over_mtls_refuses_a_mesh_certificate_without_spiffe_id() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let (dir, meshd) = start().await;
+    let root =
+        std::fs::read_to_string(dir.path().join("ca").join(mesh_ca::authority::TRUST_BUNDLE))
+            .unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root))
+        .identity(non_svid_identity(dir.path()))
+        .domain_name("mesh-ca");
+    let channel = Endpoint::from_shared(format!("https://{}", meshd.ca_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("the certificate chains to the mesh root, so the handshake succeeds");
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node_of("reviews-1", "shop", "reviews"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Refused when the stream opens (or, at the latest, instead of the
+    // first response).
+    let err = match client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Err(e) => e,
+        Ok(stream) => tokio::time::timeout(Duration::from_secs(10), stream.into_inner().message())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("no SPIFFE ID"), "{err}");
+}
