@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::config::{Discovery, ProxyConfig};
+use crate::config_dump::{BootstrapDump, DumpQuery};
 use crate::http::flags::{ProxyBody, text};
 use crate::runtime::Shared;
 
@@ -27,8 +28,19 @@ pub enum Role {
     Prometheus,
 }
 
-/// Serves `role` on a bound listener until the process exits.
+/// Serves `role` on a bound listener until the process exits (without a
+/// bootstrap: `/config_dump` then has no `BootstrapConfigDump`).
 pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
+    serve_with(tcp, role, shared, None).await
+}
+
+/// [`serve`], with the bootstrap `/config_dump` shows first.
+pub async fn serve_with(
+    tcp: TcpListener,
+    role: Role,
+    shared: Arc<Shared>,
+    bootstrap: Option<Arc<BootstrapDump>>,
+) {
     loop {
         let (stream, _) = match tcp.accept().await {
             Ok(c) => c,
@@ -38,10 +50,14 @@ pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let bootstrap = bootstrap.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(role, &req, &shared)) }
+                let bootstrap = bootstrap.clone();
+                async move {
+                    Ok::<_, Infallible>(respond_with(role, &req, &shared, bootstrap.as_deref()))
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
@@ -54,6 +70,16 @@ pub async fn serve(tcp: TcpListener, role: Role, shared: Arc<Shared>) {
 /// The answer of `role`'s port to `req` (the health port's
 /// `/app-health/...` paths are served by [`crate::health`] first).
 pub fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    respond_with(role, req, shared, None)
+}
+
+/// [`respond`], with the bootstrap `/config_dump` shows first.
+pub fn respond_with(
+    role: Role,
+    req: &Request<Incoming>,
+    shared: &Shared,
+    bootstrap: Option<&BootstrapDump>,
+) -> Response<ProxyBody> {
     let config = shared.config.borrow().clone();
     let has_config = config.is_ready();
     let has_svid = !shared
@@ -80,22 +106,7 @@ pub fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response
             }
             r
         }
-        (Role::Admin, "/config_dump") => {
-            match crate::config_dump::to_json_text(&config, shared.svid.borrow().as_deref()) {
-                Ok(json) => {
-                    let mut r = text(StatusCode::OK, json);
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    r
-                }
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot encode config: {e}\n"),
-                ),
-            }
-        }
+        (Role::Admin, "/config_dump") => config_dump(req, &config, shared, bootstrap),
         (Role::Admin, "/clusters") => text(StatusCode::OK, clusters(&config, &shared.balancers)),
         (Role::Admin, "/logging") => logging(req, shared),
         (Role::Admin, "/drain_listeners" | "/drain") if req.method() == http::Method::POST => {
@@ -115,6 +126,39 @@ pub fn respond(role: Role, req: &Request<Incoming>, shared: &Shared) -> Response
             text(StatusCode::OK, "OK: draining, then exiting\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Envoy's `/config_dump[?resource=&mask=&name_regex=&include_eds]`.
+fn config_dump(
+    req: &Request<Incoming>,
+    config: &ProxyConfig,
+    shared: &Shared,
+    bootstrap: Option<&BootstrapDump>,
+) -> Response<ProxyBody> {
+    let svid = shared.svid.borrow().clone();
+    let rendered = DumpQuery::parse(req.uri().query())
+        .and_then(|q| crate::config_dump::render(config, svid.as_deref(), bootstrap, &q));
+    match rendered {
+        Ok(json) => {
+            let mut r = text(StatusCode::OK, json);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            debug!(error = %e, query = ?req.uri().query(), "config_dump refused");
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = text(status, format!("{e}\n"));
+            r.headers_mut().insert(
+                http::header::X_CONTENT_TYPE_OPTIONS,
+                http::HeaderValue::from_static("nosniff"),
+            );
+            r
+        }
     }
 }
 

@@ -138,7 +138,13 @@ pub async fn run(
     let admin = bind("admin", cfg.admin).await?;
     let health = bind("health", cfg.health).await?;
     let prom = bind("prometheus", cfg.prometheus).await?;
-    tokio::spawn(admin::serve(admin, Role::Admin, shared.clone()));
+    let bootstrap = std::sync::Arc::new(crate::config_dump::BootstrapDump::of(&cfg));
+    tokio::spawn(admin::serve_with(
+        admin,
+        Role::Admin,
+        shared.clone(),
+        Some(bootstrap),
+    ));
     tokio::spawn(crate::health::serve_health(
         health,
         shared.clone(),

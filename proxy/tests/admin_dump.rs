@@ -55,7 +55,8 @@ async fn config_dump(admin: SocketAddr) -> serde_json::Value {
             .await
             .unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::get("/config_dump")
+    // EDS is dumped only with include_eds, as in Envoy.
+    let req = hyper::Request::get("/config_dump?include_eds")
         .header("host", "localhost")
         .body(Empty::<Bytes>::new())
         .unwrap();

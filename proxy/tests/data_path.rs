@@ -624,7 +624,7 @@ async fn admin_health_and_prometheus_report_config_endpoints_and_istio_metrics()
     let health = serve_role(&env.shared, Role::Health).await;
     let prom = serve_role(&env.shared, Role::Prometheus).await;
 
-    let (s, dump, _) = get(admin, "localhost", "/config_dump", &[]).await;
+    let (s, dump, _) = get(admin, "localhost", "/config_dump?include_eds", &[]).await;
     assert_eq!(s, 200);
     let json: serde_json::Value = serde_json::from_str(&dump).unwrap();
     // Envoy's format (envoy.admin.v3.ConfigDump): see tests/admin_dump.rs.

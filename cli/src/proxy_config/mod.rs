@@ -154,7 +154,8 @@ pub async fn fetch_from_meshd(access: &MeshdAccess, proxy: &str) -> Result<Dump,
 /// Fetches the dump from the proxy's admin port or from meshd.
 pub async fn fetch(args: &Args) -> anyhow::Result<Result<Dump, String>> {
     let (status, body) = match (&args.admin, &args.proxy) {
-        (Some(admin), _) => admin_get(admin, "/config_dump").await?,
+        // As istioctl: EDS is in a proxy's dump only with include_eds.
+        (Some(admin), _) => admin_get(admin, "/config_dump?include_eds").await?,
         (None, Some(proxy)) => {
             let access = args.access.resolve().await?;
             return Ok(fetch_from_meshd(&access, proxy)

@@ -1,12 +1,18 @@
 //! The admin `/config_dump` in Envoy's format (`envoy.admin.v3.ConfigDump`):
-//! the xDS resources the proxy last ACCEPTED, exactly as received, plus a
-//! `SecretsConfigDump` of its certificate chain (`default`) and trust bundle
-//! (`ROOTCA`). Never the private key.
+//! the bootstrap the proxy runs with ([`bootstrap`]), the xDS resources it
+//! last ACCEPTED, exactly as received, plus a `SecretsConfigDump` of its
+//! certificate chain (`default`) and trust bundle (`ROOTCA`). Never the
+//! private key. Envoy's query parameters (`resource`, `mask`, `name_regex`,
+//! `include_eds`) are in [`query`].
 //!
 //! The xDS layer records each accepted resource here ([`record`], one call
 //! in `xds::resources::apply`), next to its converted form in the same
 //! immutable [`ProxyConfig`] snapshot, so the dump always matches what the
 //! data path serves.
+
+pub mod bootstrap;
+pub mod query;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +36,9 @@ use prost::{Message, Name};
 use crate::config::ProxyConfig;
 use crate::tls::Svid;
 use crate::xds::ResourceType;
+
+pub use bootstrap::BootstrapDump;
+pub use query::{DumpError, DumpQuery};
 
 /// One accepted resource as received.
 #[derive(Debug)]
@@ -59,7 +68,7 @@ pub fn record(config: &mut ProxyConfig, type_url: &str, accepted: Vec<(String, A
     }
 }
 
-fn timestamp(t: SystemTime) -> Option<Timestamp> {
+pub(crate) fn timestamp(t: SystemTime) -> Option<Timestamp> {
     let d = t.duration_since(UNIX_EPOCH).ok()?;
     Some(Timestamp {
         seconds: i64::try_from(d.as_secs()).ok()?,
@@ -67,15 +76,20 @@ fn timestamp(t: SystemTime) -> Option<Timestamp> {
     })
 }
 
-fn pack<M: Message + Name>(msg: &M) -> Any {
+pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: msg.encode_to_vec(),
     }
 }
 
-/// (name, version, accepted) of the live resources of a type.
-fn live(config: &ProxyConfig, ty: ResourceType) -> Vec<(String, String, Arc<Accepted>)> {
+/// (name, version, accepted) of the live resources of a type whose names
+/// `query` wants.
+fn live(
+    config: &ProxyConfig,
+    ty: ResourceType,
+    query: &DumpQuery,
+) -> Vec<(String, String, Arc<Accepted>)> {
     let url = ty.type_url();
     let Some(versions) = config.versions.get(&url) else {
         return Vec::new();
@@ -83,6 +97,7 @@ fn live(config: &ProxyConfig, ty: ResourceType) -> Vec<(String, String, Arc<Acce
     let raw = config.raw.0.get(&url);
     versions
         .iter()
+        .filter(|(name, _)| query.wants(name))
         .filter_map(|(name, version)| {
             let a = raw?.get(name)?;
             Some((name.clone(), version.clone(), a.clone()))
@@ -114,6 +129,11 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
 /// The `default` (certificate chain, no key) and `ROOTCA` secrets of an
 /// SVID, as Envoy's SDS would hold them.
 pub fn secrets(svid: Option<&Svid>) -> SecretsConfigDump {
+    secrets_named(svid, &DumpQuery::default())
+}
+
+/// [`secrets`], only those whose names `query` wants.
+fn secrets_named(svid: Option<&Svid>, query: &DumpQuery) -> SecretsConfigDump {
     let Some(svid) = svid else {
         return SecretsConfigDump::default();
     };
@@ -146,6 +166,7 @@ pub fn secrets(svid: Option<&Svid>) -> SecretsConfigDump {
     SecretsConfigDump {
         dynamic_active_secrets: [default, rootca]
             .into_iter()
+            .filter(|s| query.wants(&s.name))
             .map(|s| DynamicSecret {
                 name: s.name.clone(),
                 version_info: version.clone(),
@@ -157,9 +178,16 @@ pub fn secrets(svid: Option<&Svid>) -> SecretsConfigDump {
     }
 }
 
-/// The Envoy `ConfigDump` of `config` and `svid`, in Envoy's order
-/// (clusters, endpoints, listeners, routes, secrets).
-pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
+/// The Envoy `ConfigDump` of `bootstrap`, `config` and `svid`, in Envoy's
+/// order (bootstrap, clusters, endpoints, listeners, routes, secrets):
+/// endpoints only with `include_eds`, resources only those `name_regex`
+/// matches (the bootstrap always).
+pub fn build(
+    config: &ProxyConfig,
+    svid: Option<&Svid>,
+    bootstrap: Option<&BootstrapDump>,
+    query: &DumpQuery,
+) -> ConfigDump {
     let type_version = |ty: ResourceType| {
         config
             .type_versions
@@ -169,7 +197,7 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
     };
     let clusters = ClustersConfigDump {
         version_info: type_version(ResourceType::Cluster),
-        dynamic_active_clusters: live(config, ResourceType::Cluster)
+        dynamic_active_clusters: live(config, ResourceType::Cluster, query)
             .into_iter()
             .map(|(_, version, a)| DynamicCluster {
                 version_info: version,
@@ -181,7 +209,7 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
         ..Default::default()
     };
     let endpoints = EndpointsConfigDump {
-        dynamic_endpoint_configs: live(config, ResourceType::Endpoint)
+        dynamic_endpoint_configs: live(config, ResourceType::Endpoint, query)
             .into_iter()
             .map(|(_, version, a)| DynamicEndpointConfig {
                 version_info: version,
@@ -194,7 +222,7 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
     };
     let listeners = ListenersConfigDump {
         version_info: type_version(ResourceType::Listener),
-        dynamic_listeners: live(config, ResourceType::Listener)
+        dynamic_listeners: live(config, ResourceType::Listener, query)
             .into_iter()
             .map(|(name, version, a)| DynamicListener {
                 name,
@@ -209,7 +237,7 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
         ..Default::default()
     };
     let routes = RoutesConfigDump {
-        dynamic_route_configs: live(config, ResourceType::Route)
+        dynamic_route_configs: live(config, ResourceType::Route, query)
             .into_iter()
             .map(|(_, version, a)| DynamicRouteConfig {
                 version_info: version,
@@ -220,22 +248,32 @@ pub fn build(config: &ProxyConfig, svid: Option<&Svid>) -> ConfigDump {
             .collect(),
         ..Default::default()
     };
-    ConfigDump {
-        configs: vec![
-            pack(&clusters),
-            pack(&endpoints),
-            pack(&listeners),
-            pack(&routes),
-            pack(&secrets(svid)),
-        ],
+    let mut configs = Vec::with_capacity(6);
+    if let Some(b) = bootstrap {
+        configs.push(pack(&b.config_dump()));
     }
+    configs.push(pack(&clusters));
+    if query.include_eds {
+        configs.push(pack(&endpoints));
+    }
+    configs.push(pack(&listeners));
+    configs.push(pack(&routes));
+    configs.push(pack(&secrets_named(svid, query)));
+    ConfigDump { configs }
 }
 
-/// The dump as pretty JSON text.
-pub fn to_json_text(config: &ProxyConfig, svid: Option<&Svid>) -> Result<String, String> {
+/// The answer to `/config_dump?<query>` as pretty JSON text.
+pub fn render(
+    config: &ProxyConfig,
+    svid: Option<&Svid>,
+    bootstrap: Option<&BootstrapDump>,
+    query: &DumpQuery,
+) -> Result<String, DumpError> {
+    let dump = build(config, svid, bootstrap, query);
     let json =
-        mesh_proto::envoy_json::to_json(&build(config, svid)).map_err(|e| error_chain(&e))?;
-    serde_json::to_string_pretty(&json).map_err(|e| e.to_string())
+        mesh_proto::envoy_json::to_json(&dump).map_err(|e| DumpError::Encode(error_chain(&e)))?;
+    let json = query::select(json, query)?;
+    serde_json::to_string_pretty(&json).map_err(|e| DumpError::Encode(e.to_string()))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
