@@ -3,9 +3,13 @@
 //! (`/api/v1/namespaces/<ns>/services/meshd:15014/proxy/<path>`).
 //!
 //! [`AccessArgs::resolve`] picks one: an explicit `--meshd`/`MESHD_ADDR`
-//! is used as given; otherwise the API server when a Kubernetes config is
-//! found (`--kubeconfig`, `--context`, `KUBECONFIG`, `~/.kube/config`, or
-//! in a pod); otherwise meshd's default local address.
+//! is used as given; an explicit `--kubeconfig`/`--context` means the API
+//! server; otherwise a meshd answering on its default local address (the
+//! embedded default: a user who also has a kubeconfig for some cluster
+//! still reaches the mesh on this machine), else the API server when a
+//! Kubernetes config is found (`KUBECONFIG`, `~/.kube/config`, or in a
+//! pod), else the default local address (whose error says meshd is not
+//! running).
 
 use std::path::PathBuf;
 
@@ -164,14 +168,42 @@ impl KubeArgs {
 impl AccessArgs {
     /// Picks how to reach meshd (see the module doc).
     pub async fn resolve(&self) -> Result<MeshdAccess, AccessError> {
+        self.resolve_with_local(DEFAULT_MESHD).await
+    }
+
+    /// [`AccessArgs::resolve`] with `local` as meshd's default local
+    /// address.
+    async fn resolve_with_local(&self, local: &str) -> Result<MeshdAccess, AccessError> {
         if let Some(addr) = &self.meshd.meshd {
             return Ok(MeshdAccess::Direct(addr.clone()));
         }
+        let explicit_kube = self.kube.kubeconfig.is_some() || self.kube.context.is_some();
+        if !explicit_kube && answers(local).await {
+            return Ok(MeshdAccess::Direct(local.to_string()));
+        }
         Ok(match self.kube.client().await? {
             Some(client) => MeshdAccess::ApiServer(client, self.mesh_namespace.clone()),
-            None => MeshdAccess::Direct(DEFAULT_MESHD.to_string()),
+            None => MeshdAccess::Direct(local.to_string()),
         })
     }
+}
+
+/// How long a local meshd has to accept a connection before meshctl looks
+/// for a cluster instead (loopback: a running meshd accepts at once).
+const LOCAL_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Whether something accepts TCP connections at `addr` (a URL or
+/// `host:port`) within [`LOCAL_PROBE`].
+async fn answers(addr: &str) -> bool {
+    let hostport = base_url(addr);
+    let hostport = hostport
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    matches!(
+        tokio::time::timeout(LOCAL_PROBE, tokio::net::TcpStream::connect(hostport)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Where meshd's debug endpoints are fetched from.
@@ -310,6 +342,53 @@ mod tests {
     use super::*;
     use http::Response;
     use kube::client::Body;
+
+    fn args(kubeconfig: Option<PathBuf>) -> AccessArgs {
+        AccessArgs {
+            meshd: MeshdArgs { meshd: None },
+            kube: KubeArgs {
+                kubeconfig,
+                context: None,
+            },
+            mesh_namespace: DEFAULT_MESH_NAMESPACE.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_meshd_that_answers_wins_over_an_inferred_kubeconfig() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = format!("http://{}", listener.local_addr().unwrap());
+        let access = args(None).resolve_with_local(&local).await.unwrap();
+        assert_eq!(access.to_string(), MeshdAccess::Direct(local).to_string());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_kubeconfig_wins_over_a_local_meshd() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = format!("http://{}", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters:\n- name: k\n  cluster: {server: \"http://127.0.0.1:1\"}\n\
+             users:\n- name: u\n  user: {token: t}\n\
+             contexts:\n- name: c\n  context: {cluster: k, user: u}\n",
+        )
+        .unwrap();
+        let access = args(Some(path)).resolve_with_local(&local).await.unwrap();
+        assert!(matches!(access, MeshdAccess::ApiServer(..)), "{access}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_local_port_does_not_answer() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is dropped: nothing accepts there now.
+        assert!(!answers(&addr.to_string()).await);
+    }
 
     fn mock() -> (
         kube::Client,

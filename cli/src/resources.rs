@@ -15,8 +15,9 @@ pub const DEFAULT_MESHD: &str = "http://127.0.0.1:15014";
 /// Where meshd is (shared by every command that talks to it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MeshdArgs {
-    /// meshd's management/debug address [default: http://127.0.0.1:15014,
-    /// or through the Kubernetes API server where a command supports it].
+    /// meshd's management/debug address [default: http://127.0.0.1:15014;
+    /// where a command supports it, through the Kubernetes API server when
+    /// no meshd answers there and a kubeconfig is found].
     #[arg(long = "meshd", env = "MESHD_ADDR")]
     pub meshd: Option<String>,
 }
