@@ -18,6 +18,7 @@ pub mod pem;
 pub mod rotation;
 pub mod server;
 pub mod service;
+pub mod serving;
 pub mod token;
 pub mod verifier;
 
