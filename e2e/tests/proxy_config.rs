@@ -111,6 +111,23 @@ fn meshctl_proxy_config_lists_a_sidecars_clusters_and_check_passes() {
             .any(|r| r.starts_with(&["ROOTCA", "CA", "ACTIVE", "true"])),
         "{secrets}"
     );
+    // The sidecar's bootstrap: the node its flags made, as sent to meshd.
+    let bootstrap = admin(&["proxy-config", "bootstrap"]);
+    let field = |name: &str| {
+        bootstrap
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {name} in {bootstrap}"))
+    };
+    assert_eq!(
+        field("NODE ID"),
+        format!(
+            "sidecar~{}~productpage.default~default.svc.cluster.local",
+            client.ip
+        )
+    );
+    assert_eq!(field("METADATA SERVICE_ACCOUNT"), "productpage");
+    assert_eq!(field("METADATA INSTANCE_IPS"), client.ip.to_string());
     let accepted = admin(&["proxy-config", "clusters"]);
     assert!(
         accepted.contains("reviews.default.svc.cluster.local"),
