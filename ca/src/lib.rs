@@ -15,6 +15,7 @@ pub mod csr;
 pub mod issue;
 pub mod metrics;
 pub mod pem;
+pub mod reload;
 pub mod rotation;
 pub mod server;
 pub mod service;

@@ -89,7 +89,7 @@ async fn start_ca(
     kube: Option<&crate::kube::KubeMode>,
     xds: Arc<XdsState>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<(SocketAddr, Arc<mesh_ca::CertificateAuthority>), StartError> {
+) -> Result<(SocketAddr, CaWatch), StartError> {
     use mesh_ca::auth::Authenticator;
     use mesh_ca::server::ServeOptions;
     let dir = config.ca_dir();
@@ -127,9 +127,20 @@ async fn start_ca(
         // Injected proxies call https://meshd.<ns>.svc:15012.
         opts.dns_names.extend(k.service_names());
     }
-    let served = ca.clone();
+    // `mesh-ca rotate-root --dir <ca-dir>` (or replaced files) reaches the
+    // servers, the serving certificates and the bundle publishers through
+    // this watch, without a restart.
+    let (cas_tx, cas) = tokio::sync::watch::channel(ca);
+    tasks.push(mesh_ca::reload::spawn_dir_watch(
+        dir.clone(),
+        config.trust_domain.clone(),
+        mesh_ca::IssuePolicy::default(),
+        cas_tx,
+        mesh_ca::reload::DEFAULT_CHECK_INTERVAL,
+    ));
+    let served = cas.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = serve_tls(ca, auth, xds, listener, &opts).await {
+        if let Err(e) = serve_tls(cas, auth, xds, listener, &opts).await {
             tracing::error!(error = %e, "CA and xDS-over-mTLS server stopped");
         }
     }));
@@ -137,28 +148,40 @@ async fn start_ca(
     Ok((ca_addr, served))
 }
 
+/// The embedded CA as it is now and as it changes.
+type CaWatch = tokio::sync::watch::Receiver<Arc<mesh_ca::CertificateAuthority>>;
+
 /// The TLS port (15012, as Istio's): the CA, and ADS for clients that
 /// present an SVID chained to the mesh root (optional: a client without a
 /// certificate is served like on the plaintext port; one whose SPIFFE ID
 /// does not match its node metadata is refused, see
 /// [`crate::xds::authorize`]).
+///
+/// Served by [`mesh_ca::server::serve_generations`]: the serving
+/// certificate renews in place at half its lifetime (new handshakes get it,
+/// open xDS streams are untouched), and a new CA from `cas` starts a new
+/// server on the same socket with services holding that CA while the old
+/// one drains, which keeps the services immutable. Connections are
+/// `tokio-rustls` streams, so `Request::peer_certs` still gives the xDS
+/// mTLS check the client's chain.
 async fn serve_tls(
-    ca: Arc<mesh_ca::CertificateAuthority>,
+    cas: CaWatch,
     auth: mesh_ca::auth::Authenticator,
     xds: Arc<XdsState>,
     listener: tokio::net::TcpListener,
     opts: &mesh_ca::server::ServeOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let tls = mesh_ca::server::tls_config(&ca, opts)?;
     let metrics = xds.metrics.ca.clone();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .tls_config(tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(mesh_ca::service::CaService::new(ca, auth, metrics).into_server())
-        .add_service(AdsService::new(xds).into_server())
-        .serve_with_incoming(incoming)
-        .await?;
+    let listener = listener.into_std()?;
+    let router = |ca: Arc<mesh_ca::CertificateAuthority>| {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(
+                mesh_ca::service::CaService::new(ca, auth.clone(), metrics.clone()).into_server(),
+            )
+            .add_service(AdsService::new(xds.clone()).into_server())
+    };
+    mesh_ca::server::serve_generations(listener, cas, opts, router, std::future::pending()).await?;
     Ok(())
 }
 
@@ -248,7 +271,7 @@ pub async fn start_with_kube(
 
     let (ca_addr, ca) = start_ca(config, &shared, kube.as_ref(), xds_state, &mut tasks).await?;
     let webhook_addr = match &kube {
-        Some(k) => Some(k.start_with_ca(&ca, &mut tasks).await?.webhook_addr),
+        Some(k) => Some(k.start_with_ca(ca, &mut tasks).await?.webhook_addr),
         None => None,
     };
     Ok(Running {

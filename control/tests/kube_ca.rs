@@ -290,12 +290,8 @@ async fn only_the_leader_publishes_the_root_to_every_namespace_and_new_ones() {
         _ => panic!("unexpected {req:?}"),
     });
     let (leader_tx, leader) = tokio::sync::watch::channel(false);
-    let task = ca::spawn_root_publisher(
-        client,
-        "mesh-ca-root-cert".into(),
-        "ROOT PEM".into(),
-        leader,
-    );
+    let (_roots_tx, roots) = tokio::sync::watch::channel("ROOT PEM".to_string());
+    let task = ca::spawn_root_publisher(client, "mesh-ca-root-cert".into(), roots, leader);
     let patched = |seen: &std::sync::Mutex<Vec<kube_support::Seen>>| -> Vec<String> {
         let mut v: Vec<String> = seen
             .lock()

@@ -168,7 +168,8 @@ async fn meshd_serves_the_webhooks_over_https_and_the_leader_patches_the_ca_bund
     let (seen, _server) = serve(handle, route);
     let mode = KubeMode::with_client(client, &config);
     let mut tasks = Vec::new();
-    let started = mode.start_with_ca(&ca, &mut tasks).await.unwrap();
+    let (_cas_tx, cas) = tokio::sync::watch::channel(Arc::new(ca));
+    let started = mode.start_with_ca(cas, &mut tasks).await.unwrap();
 
     // A pod of a ReplicaSet is injected with meshd's addresses in the pod's view.
     let review = fixture("pod-create-replicaset.json");
@@ -252,5 +253,96 @@ fn collect_images(v: &serde_json::Value, out: &mut Vec<String>) {
         }
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_images(x, out)),
         _ => {}
+    }
+}
+
+/// Whether a TLS client trusting only `root` completes a handshake with the
+/// webhook server under meshd's Service name.
+async fn handshake_trusting(addr: std::net::SocketAddr, root: &CertificateDer<'static>) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("meshd.mesh-system.svc").unwrap(), tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn after_a_root_rotation_the_webhook_chains_to_the_new_root_and_the_ca_bundle_holds_both() {
+    mesh_control::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::parse_from([
+        "meshd",
+        "--kubernetes",
+        "--namespace",
+        "mesh-system",
+        "--pod-name",
+        "meshd-0",
+        "--webhook-addr",
+        "127.0.0.1:0",
+    ]);
+    let dir = data.path().join("ca");
+    let policy = mesh_ca::IssuePolicy::default();
+    let ca = mesh_ca::CertificateAuthority::load_or_init(&dir, "cluster.local", policy).unwrap();
+    let old_root = ca.trust_bundle().roots()[0].clone();
+    let (client, handle) = pair();
+    let (seen, _server) = serve(handle, route);
+    let mode = KubeMode::with_client(client, &config);
+    let mut tasks = Vec::new();
+    let (cas_tx, cas) = tokio::sync::watch::channel(Arc::new(ca));
+    let started = mode.start_with_ca(cas, &mut tasks).await.unwrap();
+    assert!(handshake_trusting(started.webhook_addr, &old_root).await);
+    let mut leader = started.leader.clone();
+    leader.wait_for(|l| *l).await.unwrap();
+
+    // Both rotation steps at once: the new root signs, both are trusted.
+    let rotated = mesh_ca::CertificateAuthority::rotate_root(&dir, policy).unwrap();
+    assert_eq!(rotated.trust_bundle().roots().len(), 2);
+    let new_root = rotated
+        .trust_bundle()
+        .roots()
+        .iter()
+        .find(|r| **r != old_root)
+        .unwrap()
+        .clone();
+    let bundle = base64::engine::general_purpose::STANDARD.encode(rotated.trust_bundle().pem());
+    cas_tx.send(Arc::new(rotated)).unwrap();
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !handshake_trusting(started.webhook_addr, &new_root).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook never presented a chain to the new root"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eventually("both configurations carry the two-root bundle", || {
+        let seen = seen.lock().unwrap();
+        let patched: Vec<_> = seen
+            .iter()
+            .filter(|r| r.method == Method::PUT)
+            .filter(|r| {
+                r.body["webhooks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|w| w["clientConfig"]["caBundle"] == bundle.as_str())
+            })
+            .map(|r| r.path.clone())
+            .collect();
+        patched.iter().any(|p| p.contains("mutating"))
+            && patched.iter().any(|p| p.contains("validating"))
+    })
+    .await;
+    for t in tasks {
+        t.abort();
     }
 }

@@ -209,12 +209,14 @@ pub async fn publish_root(
 }
 
 /// While this replica leads, keeps the root ConfigMap `name` in every
-/// namespace: all of them when leadership starts, each new namespace as it
-/// appears, and any copy whose data someone changed or that was deleted.
+/// namespace equal to the current value of `roots` (the CA's trust bundle:
+/// during a root rotation, both roots): all of them when leadership starts
+/// and whenever `roots` changes, each new namespace as it appears, and any
+/// copy whose data someone changed or that was deleted.
 pub fn spawn_root_publisher(
     client: Client,
     name: String,
-    root_pem: String,
+    mut roots: watch::Receiver<String>,
     mut leader: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -228,8 +230,10 @@ pub fn spawn_root_publisher(
             .default_backoff()
             .boxed();
         let mut known: BTreeSet<String> = BTreeSet::new();
-        let publish = |ns: String| {
-            let (client, name, pem) = (client.clone(), name.clone(), root_pem.clone());
+        let mut roots_open = true;
+        let mut root_pem = roots.borrow_and_update().clone();
+        let publish = |ns: String, pem: String| {
+            let (client, name) = (client.clone(), name.clone());
             async move {
                 match publish_root(&client, &name, &ns, &pem).await {
                     Ok(()) => {
@@ -246,7 +250,14 @@ pub fn spawn_root_publisher(
                 changed = leader.changed() => {
                     if changed.is_err() { return; }
                     if *leader.borrow_and_update() {
-                        for ns in known.clone() { publish(ns).await; }
+                        for ns in known.clone() { publish(ns, root_pem.clone()).await; }
+                    }
+                }
+                changed = roots.changed(), if roots_open => {
+                    if changed.is_err() { roots_open = false; continue; }
+                    root_pem = roots.borrow_and_update().clone();
+                    if *leader.borrow() {
+                        for ns in known.clone() { publish(ns, root_pem.clone()).await; }
                     }
                 }
                 ev = ns_stream.next() => match ev {
@@ -255,7 +266,7 @@ pub fn spawn_root_publisher(
                         let Some(n) = ns.metadata.name.clone() else { continue };
                         let terminating = ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
                         if known.insert(n.clone()) && !terminating && *leader.borrow() {
-                            publish(n).await;
+                            publish(n, root_pem.clone()).await;
                         }
                     }
                     Some(Ok(watcher::Event::Delete(ns))) => {
@@ -270,13 +281,13 @@ pub fn spawn_root_publisher(
                         let current = cm.data.as_ref().and_then(|d| d.get(ROOT_CERT_KEY));
                         if current != Some(&root_pem) && *leader.borrow()
                             && let Some(ns) = cm.metadata.namespace.clone() {
-                            publish(ns).await;
+                            publish(ns, root_pem.clone()).await;
                         }
                     }
                     Some(Ok(watcher::Event::Delete(cm))) => {
                         if let Some(ns) = cm.metadata.namespace.clone()
                             && known.contains(&ns) && *leader.borrow() {
-                            publish(ns).await;
+                            publish(ns, root_pem.clone()).await;
                         }
                     }
                     Some(Ok(_)) => {}

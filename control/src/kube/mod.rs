@@ -71,6 +71,9 @@ pub enum KubeError {
     /// The webhook serving certificate could not be used.
     #[error("the webhook serving certificate: {0}")]
     Tls(#[source] mesh_webhook::TlsError),
+    /// The renewing webhook serving certificate could not be issued.
+    #[error("the webhook serving certificate: {0}")]
+    Serving(#[source] mesh_ca::serving::ServingError),
     /// `--webhook-addr` could not be bound.
     #[error("binding {addr} (--webhook-addr): {source}")]
     Bind {
@@ -250,10 +253,12 @@ impl KubeMode {
     }
 
     /// Once the CA is loaded: leader election, the leader's writers (root
-    /// ConfigMaps, webhook caBundles) and the webhook server.
+    /// ConfigMaps, webhook caBundles, both following the CA's trust bundle
+    /// as `cas` announces new CAs) and the webhook server (its certificate
+    /// renewed from the current CA).
     pub async fn start_with_ca(
         &self,
-        ca: &mesh_ca::CertificateAuthority,
+        cas: tokio::sync::watch::Receiver<Arc<mesh_ca::CertificateAuthority>>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<Started, KubeError> {
         let (leader, t) = lease::spawn(
@@ -261,11 +266,12 @@ impl KubeMode {
             lease::LeaseConfig::new(&self.namespace, &self.identity),
         );
         tasks.push(t);
-        let root_pem = ca.trust_bundle().pem();
+        let (bundles, t) = webhook::bundle_pems(cas.clone());
+        tasks.push(t);
         tasks.push(ca::spawn_root_publisher(
             self.client.clone(),
             self.root_cert_configmap.clone(),
-            root_pem.clone(),
+            bundles.clone(),
             leader.clone(),
         ));
         tasks.push(
@@ -274,10 +280,11 @@ impl KubeMode {
         );
         tasks.push(webhook::spawn_ca_bundle_patcher(
             self.client.clone(),
-            root_pem,
+            bundles,
             leader.clone(),
         ));
-        let tls = webhook::serving_tls(ca, &self.service_names())?;
+        let (tls, renewal) = webhook::serving_tls(cas, &self.service_names())?;
+        tasks.push(renewal);
         let addr = self.webhook_addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

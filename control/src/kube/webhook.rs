@@ -36,17 +36,45 @@ pub fn serving_names(namespace: &str, cluster_domain: &str) -> Vec<String> {
     ]
 }
 
-/// A TLS server config for the webhooks with a certificate the CA issues
-/// now for `names`.
+/// A TLS server config for the webhooks presenting a certificate the CA
+/// issues for `names`, and the task that renews it (at half its lifetime,
+/// and at once when `cas` announces a new CA: see
+/// [`mesh_ca::serving::spawn_renewal`]). New handshakes get the renewed
+/// certificate; open connections are not disturbed.
 pub fn serving_tls(
-    ca: &mesh_ca::CertificateAuthority,
+    cas: watch::Receiver<Arc<mesh_ca::CertificateAuthority>>,
     names: &[String],
-) -> Result<Arc<rustls::ServerConfig>, KubeError> {
-    let issued = ca
-        .issue_serving_cert(names, &[], SERVING_CERT_TTL)
-        .map_err(KubeError::Issue)?;
-    let chain = issued.cert.chain_pem.concat();
-    mesh_webhook::server_config(chain.as_bytes(), issued.key_pem.as_bytes()).map_err(KubeError::Tls)
+) -> Result<(Arc<rustls::ServerConfig>, tokio::task::JoinHandle<()>), KubeError> {
+    let spec = mesh_ca::serving::ServingSpec {
+        dns_names: names.to_vec(),
+        ips: Vec::new(),
+        ttl: SERVING_CERT_TTL,
+    };
+    let ca = cas.borrow().clone();
+    let cert = mesh_ca::serving::ServingCert::issue(&ca, &spec).map_err(KubeError::Serving)?;
+    let config =
+        mesh_webhook::tls::server_config_with_resolver(cert.clone()).map_err(KubeError::Tls)?;
+    Ok((config, mesh_ca::serving::spawn_renewal(cert, spec, cas)))
+}
+
+/// The trust bundle (PEM, every root) of each CA `cas` announces, as a
+/// watch, for the writers that publish it (the root ConfigMaps, the
+/// webhooks' `caBundle`). The task ends when `cas`' sender is gone.
+pub fn bundle_pems(
+    mut cas: watch::Receiver<Arc<mesh_ca::CertificateAuthority>>,
+) -> (watch::Receiver<String>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(cas.borrow_and_update().trust_bundle().pem());
+    let task = tokio::spawn(async move {
+        while cas.changed().await.is_ok() {
+            let pem = cas.borrow_and_update().trust_bundle().pem();
+            tx.send_if_modified(|current| {
+                let changed = *current != pem;
+                *current = pem;
+                changed
+            });
+        }
+    });
+    (rx, task)
 }
 
 fn set_bundles<'a>(
@@ -117,15 +145,19 @@ pub async fn patch_ca_bundles(client: &Client, bundle_pem: &str) -> Result<usize
     Ok(changed)
 }
 
-/// While this replica leads, keeps the `caBundle`s equal to `bundle_pem`.
+/// While this replica leads, keeps the `caBundle`s equal to the current
+/// value of `bundles` (every root of the CA's trust bundle: during a
+/// rotation, both), rewriting them at once when it changes.
 pub fn spawn_ca_bundle_patcher(
     client: Client,
-    bundle_pem: String,
+    mut bundles: watch::Receiver<String>,
     mut leader: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut bundles_open = true;
         loop {
             if *leader.borrow_and_update() {
+                let bundle_pem = bundles.borrow_and_update().clone();
                 match patch_ca_bundles(&client, &bundle_pem).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(webhooks = n, "webhook caBundle updated"),
@@ -136,6 +168,7 @@ pub fn spawn_ca_bundle_patcher(
             }
             tokio::select! {
                 r = leader.changed() => if r.is_err() { return },
+                r = bundles.changed(), if bundles_open => if r.is_err() { bundles_open = false },
                 () = tokio::time::sleep(CA_BUNDLE_RECHECK) => {}
             }
         }
