@@ -44,7 +44,9 @@ pub(super) async fn forward(
         .circuit_breaker
         .as_ref()
         .and_then(|cb| cb.max_requests);
-    let Some(_admission) = shared.balancers.cluster(&cluster.name).admit(max_requests) else {
+    // One lookup of the cluster's balancer per request (it allocates the key).
+    let lb = shared.balancers.cluster(&cluster.name);
+    let Some(_admission) = lb.admit(max_requests) else {
         shared.balancers.stats.register(&shared.metrics);
         ClusterStats::inc(&shared.balancers.stats.overflow, &cluster.name);
         out.flag = Some(ResponseFlag::UpstreamOverflow);
@@ -118,7 +120,6 @@ pub(super) async fn forward(
     {
         mirror(f, &parts, &path_and_query, host, replay, config, shared);
     }
-    let lb = shared.balancers.cluster(&cluster.name);
     let hash = hash_key::compute(&f.hash_policy, &parts.headers, parts.uri.query(), info.peer);
     let pick = PickOptions {
         hash: hash.key,
@@ -196,7 +197,13 @@ pub(super) async fn forward(
         let mut request = Request::new(request_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = parts.headers.clone();
+        // The last possible try takes the headers instead of copying them
+        // (most requests: no retry policy).
+        *request.headers_mut() = if attempt >= attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         if cluster.tls.is_some() {
             out.upstream_mtls = true;
         }
@@ -350,14 +357,17 @@ fn send<'a>(
             shared.svid.clone(),
         )),
         (Some(tls), false) => {
-            let (name, tls, svid) = (cluster.name.clone(), tls.clone(), shared.svid.clone());
+            // Borrowed for the call: no per-request copy of the cluster
+            // name or the TLS settings (SNI, ALPN and SAN strings).
             let opts = upstream::ConnOptions::of(cluster);
-            Box::pin(async move {
-                shared
-                    .upstreams
-                    .send_mtls_pooled(&name, request, target, opts, tls, svid)
-                    .await
-            })
+            Box::pin(shared.upstreams.send_mtls_pooled(
+                &cluster.name,
+                request,
+                target,
+                opts,
+                tls,
+                &shared.svid,
+            ))
         }
         (None, false) => {
             let client = shared.upstreams.client(cluster, downstream_h2);

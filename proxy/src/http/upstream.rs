@@ -226,8 +226,8 @@ impl Upstreams {
         req: http::Request<super::flags::ProxyBody>,
         target: std::net::SocketAddr,
         opts: ConnOptions,
-        tls: crate::config::UpstreamTls,
-        svid: crate::tls::SvidReceiver,
+        tls: &crate::config::UpstreamTls,
+        svid: &crate::tls::SvidReceiver,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let key = (cluster.to_owned(), target);
         let now = tokio::time::Instant::now();
@@ -243,7 +243,7 @@ impl Upstreams {
             Some(p) => p,
             None => {
                 let tcp = connect_tcp(target, &opts).await?;
-                let stream = crate::tls::connect(tcp, &svid, &tls)
+                let stream = crate::tls::connect(tcp, svid, tls)
                     .await
                     .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
                 let (sender, conn) =
