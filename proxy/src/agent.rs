@@ -114,6 +114,7 @@ pub async fn run(
     xds.svid.get_or_insert_with(|| svid_rx.clone());
     let (client, rx) = XdsClient::new(xds);
     let shared = Shared::with_svid(rx, workload, svid_rx);
+    shared.peer_metadata.set_local(&cfg.xds.node);
     match cfg.identity.clone() {
         Some(ca) => {
             info!(ca = %ca.endpoint, spiffe_id = %ca.spiffe_id, "requesting the workload certificate");

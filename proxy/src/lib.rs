@@ -19,6 +19,7 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;
+pub mod peer_metadata;
 pub mod runtime;
 pub mod tcp;
 pub mod tls;

@@ -57,6 +57,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// This workload.
     pub workload: WorkloadInfo,
+    /// Istio's peer metadata exchange: this workload's metadata (set by
+    /// the agent from its node identity) and the peers decoded so far.
+    pub peer_metadata: crate::peer_metadata::Exchange,
     /// The workload's SVID, for mTLS.
     pub svid: crate::tls::SvidReceiver,
     /// Set when a CA is configured: the proxy is not ready until the SVID
@@ -130,6 +133,7 @@ impl Shared {
             upstreams: Upstreams::default(),
             metrics: Metrics::default(),
             workload,
+            peer_metadata: Default::default(),
             draining: watch::Sender::new(false),
             quit: tokio::sync::Notify::new(),
             log_control: std::sync::OnceLock::new(),

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use crate::config::{Discovery, ProxyConfig, TcpProxy};
 use crate::http::router::pick_cluster;
-use crate::metrics::TcpLabels;
+use crate::metrics::{Side, TcpLabels};
 use crate::runtime::Shared;
 
 /// Proxies one connection to the TCP proxy's cluster.
@@ -37,37 +37,36 @@ pub async fn proxy<S>(
         .clusters
         .get(cluster_name)
         .is_some_and(|c| c.tls.is_some());
-    let labels = |flag: &str| {
-        let unknown = || "unknown".to_owned();
-        let (reporter, sw, sp, dw) = if inbound {
-            (
-                "destination",
-                unknown(),
-                peer_identity.clone().unwrap_or_else(unknown),
-                shared.workload.workload.clone(),
-            )
-        } else {
-            (
-                "source",
-                shared.workload.workload.clone(),
-                shared.workload.principal.clone(),
-                unknown(),
-            )
-        };
-        TcpLabels {
-            reporter: reporter.into(),
-            source_workload: sw,
-            source_principal: sp,
-            destination_service: crate::metrics::service_of_cluster(cluster_name),
-            destination_workload: dw,
-            response_flags: flag.into(),
-            connection_security_policy: if mtls || cluster_tls {
-                "mutual_tls"
+    // No metadata exchange over TCP (Istio's is ALPN-based): inbound, the
+    // caller is known by its verified SPIFFE ID only.
+    let own = Side::own(shared);
+    let (reporter, source, destination) = if inbound {
+        let destination = Side {
+            principal: if mtls {
+                own.principal.clone()
             } else {
-                "none"
-            }
-            .into(),
-        }
+                "unknown".to_owned()
+            },
+            ..own
+        };
+        (
+            "destination",
+            Side::verified(peer_identity.as_deref()),
+            destination,
+        )
+    } else {
+        ("source", own, Side::unknown())
+    };
+    let service = crate::metrics::service_of_cluster(cluster_name);
+    let labels = |flag: &str| {
+        TcpLabels::new(
+            reporter,
+            source.clone(),
+            destination.clone(),
+            &service,
+            flag,
+            mtls || cluster_tls,
+        )
     };
     shared.metrics.tcp_opened(&labels("-"));
     let log = |flag: &str, upstream: Option<SocketAddr>, sent: u64, received: u64| {

@@ -127,15 +127,16 @@ async fn merged_metrics_hold_the_proxy_and_the_app_families() {
     ))
     .unwrap();
     let proxy = shared();
-    proxy.metrics.tcp_opened(&mesh_proxy::metrics::TcpLabels {
-        reporter: "source".into(),
-        source_workload: "w".into(),
-        source_principal: "unknown".into(),
-        destination_service: "s".into(),
-        destination_workload: "unknown".into(),
-        response_flags: "-".into(),
-        connection_security_policy: "unknown".into(),
-    });
+    proxy
+        .metrics
+        .tcp_opened(&mesh_proxy::metrics::TcpLabels::new(
+            "source",
+            mesh_proxy::metrics::Side::unknown(),
+            mesh_proxy::metrics::Side::unknown(),
+            "s",
+            "-",
+            false,
+        ));
     tokio::spawn(health::serve_merged(l, proxy, app_metrics));
     let (status, body) = get(status_port, "/stats/prometheus").await;
     assert_eq!(status, StatusCode::OK);

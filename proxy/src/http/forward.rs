@@ -120,6 +120,11 @@ pub(super) async fn forward(
     {
         mirror(f, &parts, &path_and_query, host, replay, config, shared);
     }
+    // Peer metadata exchange: only a mesh (mTLS) destination learns who
+    // calls (after the mirrors, which are never mTLS).
+    shared
+        .peer_metadata
+        .announce(&mut parts.headers, cluster.tls.is_some() && !info.inbound);
     let hash = hash_key::compute(&f.hash_policy, &parts.headers, parts.uri.query(), info.peer);
     let pick = PickOptions {
         hash: hash.key,
@@ -287,6 +292,7 @@ pub(super) async fn forward(
         for h in HOP_BY_HOP {
             parts.headers.remove(*h);
         }
+        out.peer = crate::peer_metadata::Received::take(&mut parts.headers);
         if let Some(cookie) = hash.set_cookie {
             parts.headers.append(http::header::SET_COOKIE, cookie);
         }

@@ -24,7 +24,8 @@ use crate::config::{
     FaultConfig, HttpConnectionManager, HttpFilter, PathMatch, ProxyConfig, Redirect, Route,
     RouteAction, RouteSource,
 };
-use crate::metrics::RequestSeries;
+use crate::metrics::{RequestFacts, RequestLabels, RequestSeries, Side};
+use crate::peer_metadata::{ConnPeer, PeerMetadata, Received};
 use crate::runtime::Shared;
 use flags::{ProxyBody, ResponseFlag, local_reply, text};
 use router::{RequestView, apply_adds, apply_removes, select_route, select_vhost};
@@ -82,7 +83,7 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
-    let last_series = Arc::new(LastSeries::default());
+    let last_series = Arc::new(ConnCache::default());
     let mut draining = shared.draining.subscribe();
     let svc = hyper::service::service_fn(move |req| {
         let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
@@ -111,21 +112,53 @@ pub async fn serve_connection<S>(
 /// its labels were made of beyond the connection's own facts.
 type LastSeries = Mutex<Option<(SeriesKey, RequestSeries)>>;
 
+/// What a connection remembers between requests so that a repeating one
+/// records without building labels or decoding peer metadata.
+#[derive(Debug, Default)]
+struct ConnCache {
+    series: LastSeries,
+    peer: ConnPeer,
+}
+
 /// The per-request parts of the request metric labels.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct SeriesKey {
     cluster: String,
+    /// Only for clusters naming no host (inbound): the service is the
+    /// request's host then.
+    authority: Option<String>,
     status: u16,
     flag: Option<ResponseFlag>,
     upstream_mtls: bool,
+    peer: Option<Arc<PeerMetadata>>,
+    grpc: Option<Option<u32>>,
+}
+
+/// What one request adds to the labels beyond its [`Outcome`].
+struct RequestExtra<'a> {
+    status: u16,
+    peer: Option<Arc<PeerMetadata>>,
+    /// `Some` for gRPC, with its status when one was seen.
+    grpc: Option<Option<u32>>,
+    authority: &'a str,
 }
 
 impl SeriesKey {
-    fn matches(&self, out: &Outcome, status: u16) -> bool {
-        self.status == status
+    fn matches(&self, out: &Outcome, extra: &RequestExtra<'_>) -> bool {
+        self.status == extra.status
             && self.flag == out.flag
             && self.upstream_mtls == out.upstream_mtls
+            && self.grpc == extra.grpc
+            && match (&self.peer, &extra.peer) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
             && self.cluster == out.cluster
+            && self
+                .authority
+                .as_deref()
+                .is_none_or(|a| a == extra.authority)
     }
 }
 
@@ -135,27 +168,29 @@ fn record_request(
     shared: &Shared,
     info: &ConnInfo,
     out: &Outcome,
-    status: u16,
+    extra: RequestExtra<'_>,
     last: &LastSeries,
     figures: (f64, u64, u64),
 ) {
     let (duration_ms, request_bytes, response_bytes) = figures;
     let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((key, series)) = last.as_ref()
-        && key.matches(out, status)
+        && key.matches(out, &extra)
     {
         series.record(duration_ms, request_bytes, response_bytes);
         return;
     }
-    let series = shared
-        .metrics
-        .request_series(&request_labels(shared, info, out, status));
+    let (labels, host_from_authority) = request_labels(shared, info, out, &extra);
+    let series = shared.metrics.request_series(&labels);
     series.record(duration_ms, request_bytes, response_bytes);
     let key = SeriesKey {
         cluster: out.cluster.clone(),
-        status,
+        authority: host_from_authority.then(|| extra.authority.to_owned()),
+        status: extra.status,
         flag: out.flag,
         upstream_mtls: out.upstream_mtls,
+        peer: extra.peer,
+        grpc: extra.grpc,
     };
     *last = Some((key, series));
 }
@@ -168,6 +203,25 @@ struct Outcome {
     upstream: Option<SocketAddr>,
     route: String,
     upstream_mtls: bool,
+    /// The peer metadata exchange headers of the upstream's response.
+    peer: Received,
+}
+
+/// `Some(status)` for a gRPC request (content type `application/grpc*`):
+/// the `grpc-status` of the response headers (a trailers-only reply), if
+/// any.
+fn grpc_status(grpc: bool, resp: &http::HeaderMap) -> Option<Option<u32>> {
+    grpc.then(|| {
+        resp.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 async fn handle(
@@ -175,9 +229,13 @@ async fn handle(
     hcm: &HttpConnectionManager,
     shared: &Shared,
     info: &ConnInfo,
-    last_series: &LastSeries,
+    cache: &ConnCache,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    // The exchange headers never reach the app (nor, from the app, another
+    // workload: the outbound side sets its own).
+    let from_peer = Received::take(req.headers_mut());
+    let grpc = is_grpc(req.headers());
     if info.inbound {
         set_forwarded_client_cert(
             req.headers_mut(),
@@ -207,7 +265,15 @@ async fn handle(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut out = Outcome::default();
-    let resp = route_request(req, hcm, &config, shared, info, &authority, &mut out).await;
+    let mut resp = route_request(req, hcm, &config, shared, info, &authority, &mut out).await;
+    let peer_headers = if info.inbound { &from_peer } else { &out.peer };
+    let peer = shared.peer_metadata.resolve(peer_headers, &cache.peer);
+    // A mesh caller (it sent valid metadata) learns who answered.
+    if info.inbound {
+        shared
+            .peer_metadata
+            .announce(resp.headers_mut(), peer.is_some());
+    }
     info!(
         target: "access_log",
         method = %method,
@@ -229,12 +295,18 @@ async fn handle(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let extra = RequestExtra {
+        status: resp.status().as_u16(),
+        peer,
+        grpc: grpc_status(grpc, resp.headers()),
+        authority: &authority,
+    };
     record_request(
         shared,
         info,
         &out,
-        resp.status().as_u16(),
-        last_series,
+        extra,
+        &cache.series,
         (
             started.elapsed().as_secs_f64() * 1000.0,
             request_bytes,
@@ -244,47 +316,69 @@ async fn handle(
     resp
 }
 
+/// The labels of a request, and whether its service came from the request's
+/// host (the cluster names none).
 fn request_labels(
     shared: &Shared,
     info: &ConnInfo,
     out: &Outcome,
-    status: u16,
-) -> crate::metrics::RequestLabels {
-    let unknown = || "unknown".to_owned();
-    let service = if out.cluster.is_empty() {
-        unknown()
+    extra: &RequestExtra<'_>,
+) -> (RequestLabels, bool) {
+    let mut service = if out.cluster.is_empty() {
+        "unknown".to_owned()
     } else {
         crate::metrics::service_of_cluster(&out.cluster)
     };
-    let (reporter, source_workload, source_principal, destination_workload) = if info.inbound {
-        (
-            "destination",
-            unknown(),
-            info.peer_identity.clone().unwrap_or_else(unknown),
-            shared.workload.workload.clone(),
-        )
+    // `inbound|9080||` names no host: Istio falls back to the Host header.
+    let host_from_authority = service.contains('|');
+    if host_from_authority {
+        service = host_of(extra.authority).to_owned();
+    }
+    let trust_domain = crate::peer_metadata::trust_domain(&shared.workload.principal);
+    let own = Side::own(shared);
+    let (reporter, source, destination) = if info.inbound {
+        let source = match (&extra.peer, info.peer_identity.as_deref()) {
+            (Some(meta), verified) => Side::of(meta, verified.unwrap_or("unknown")),
+            (None, verified) => Side::verified(verified),
+        };
+        let destination = Side {
+            principal: if info.mtls {
+                own.principal.clone()
+            } else {
+                "unknown".to_owned()
+            },
+            ..own
+        };
+        ("destination", source, destination)
     } else {
-        (
-            "source",
-            shared.workload.workload.clone(),
-            shared.workload.principal.clone(),
-            unknown(),
-        )
+        let destination = match &extra.peer {
+            Some(meta) if out.upstream_mtls => Side::of(meta, &meta.principal(trust_domain)),
+            Some(meta) => Side::of(meta, "unknown"),
+            None => Side::unknown(),
+        };
+        ("source", own, destination)
     };
-    crate::metrics::RequestLabels {
-        reporter: reporter.into(),
-        source_workload,
-        source_principal,
-        destination_service: service,
-        destination_workload,
-        response_code: status.to_string(),
-        response_flags: out.flag.map_or("-", ResponseFlag::code).into(),
-        connection_security_policy: if info.mtls || out.upstream_mtls {
-            "mutual_tls"
-        } else {
-            "none"
-        }
-        .into(),
+    let labels = RequestLabels::new(
+        source,
+        destination,
+        RequestFacts {
+            reporter,
+            service: &service,
+            protocol: if extra.grpc.is_some() { "grpc" } else { "http" },
+            status: extra.status,
+            grpc_status: extra.grpc.flatten(),
+            flags: out.flag.map_or("-", ResponseFlag::code),
+            mtls: info.mtls || out.upstream_mtls,
+        },
+    );
+    (labels, host_from_authority)
+}
+
+/// The host of an authority (`reviews:9080` → `reviews`).
+fn host_of(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => authority,
     }
 }
 

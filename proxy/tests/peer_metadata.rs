@@ -1,0 +1,500 @@
+//! Istio's peer metadata exchange between two sidecars on loopback
+//! (issue 5): a client sidecar (plain HTTP listener, cluster `to-reviews`
+//! over mTLS) and a server sidecar (strict mTLS inbound, HTTP/1.1 to the
+//! app). Each side's `istio_requests_total` names the other side's
+//! workload, the app never sees the exchange headers, and gRPC requests
+//! are labelled as such.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
+use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
+use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
+use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
+use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
+use mesh_proto::envoy::pb::google::protobuf as wkt;
+use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
+use mesh_proxy::runtime::{Shared, WorkloadInfo};
+use mesh_proxy::tls::Svid;
+use mesh_proxy::xds::NodeIdentity;
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::{any, chain, hcm_filter, listener, route, route_table, static_cluster};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/reviews";
+
+/// A throwaway CA issuing SPIFFE SVIDs.
+struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+impl Ca {
+    fn new() -> Self {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Self(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    fn svid(&self, id: &str) -> watch::Receiver<Option<Arc<Svid>>> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id).unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.0).unwrap();
+        let root: &rcgen::Certificate = self.0.as_ref();
+        let svid = Svid {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            roots: vec![CertificateDer::from(root.der().to_vec())],
+        };
+        watch::channel(Some(Arc::new(svid))).1
+    }
+}
+
+fn common_tls(san: Option<&str>, alpn: &[&str]) -> xt::CommonTlsContext {
+    let sds = |name: &str| xt::SdsSecretConfig {
+        name: name.into(),
+        sds_config: None,
+    };
+    xt::CommonTlsContext {
+        alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        validation_context_type: Some(
+            xt::common_tls_context::ValidationContextType::CombinedValidationContext(
+                xt::common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(xt::CertificateValidationContext {
+                        match_typed_subject_alt_names: san
+                            .map(|s| xt::SubjectAltNameMatcher {
+                                san_type: xt::subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(xm::StringMatcher {
+                                    ignore_case: false,
+                                    match_pattern: Some(xm::string_matcher::MatchPattern::Exact(
+                                        s.into(),
+                                    )),
+                                }),
+                                oid: String::new(),
+                            })
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Istio-mutual origination toward `san` over HTTP/1.1.
+fn mtls(mut cluster: xcl::Cluster, san: &str) -> xcl::Cluster {
+    cluster.transport_socket = Some(xc::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
+            &xt::UpstreamTlsContext {
+                common_tls_context: Some(common_tls(Some(san), &["istio", "http/1.1"])),
+                sni: "outbound_.9080_._.reviews.shop.svc.cluster.local".into(),
+                ..Default::default()
+            },
+        ))),
+    });
+    cluster
+}
+
+fn config(
+    listeners: Vec<xl::Listener>,
+    clusters: Vec<xcl::Cluster>,
+    routes: Vec<mesh_proto::envoy::pb::envoy::config::route::v3::RouteConfiguration>,
+) -> ProxyConfig {
+    let mut config = ProxyConfig::default();
+    for l in listeners {
+        let l = Listener::try_from(l).unwrap();
+        config.listeners.insert(l.name.clone(), Arc::new(l));
+    }
+    for c in clusters {
+        let c = Cluster::try_from(c).unwrap();
+        config.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    for r in routes {
+        let r = RouteConfig::try_from(r).unwrap();
+        config.routes.insert(r.name.clone(), Arc::new(r));
+    }
+    config
+}
+
+/// Starts a sidecar for `node` serving `config`'s listener `name` on `l`.
+fn serve(
+    l: TcpListener,
+    name: &str,
+    config: ProxyConfig,
+    svid: watch::Receiver<Option<Arc<Svid>>>,
+    node: &NodeIdentity,
+    principal: &str,
+) -> Arc<Shared> {
+    let (tx, rx) = watch::channel(Arc::new(config));
+    drop(tx);
+    let workload = WorkloadInfo {
+        workload: node.workload_name.clone(),
+        principal: principal.into(),
+    };
+    let shared = Shared::with_svid(rx, workload, svid);
+    assert!(shared.peer_metadata.set_local(node));
+    tokio::spawn(mesh_proxy::listener::serve(l, name.into(), shared.clone()));
+    shared
+}
+
+fn node(ns: &str, workload: &str, labels: &[(&str, &str)]) -> NodeIdentity {
+    NodeIdentity {
+        namespace: ns.into(),
+        workload_name: workload.into(),
+        service_account: workload.split('-').next().unwrap().into(),
+        cluster_id: "Kubernetes".into(),
+        instance_ips: vec!["127.0.0.1".into()],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+/// Request headers the app saw whose name starts with `x-envoy-peer`.
+type Seen = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// An HTTP/1.1 app: `/grpc` answers as a gRPC server would for
+/// NOT_FOUND (trailers-only: `grpc-status: 5` in the headers); every
+/// reply also carries a forged `x-envoy-peer-metadata`, which no caller
+/// may see.
+async fn app() -> (SocketAddr, Seen) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    log.lock().unwrap().push(
+                        req.headers()
+                            .keys()
+                            .map(|k| k.as_str().to_owned())
+                            .filter(|k| k.starts_with("x-envoy-peer"))
+                            .collect(),
+                    );
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from("ok")));
+                    resp.headers_mut()
+                        .insert("x-envoy-peer-metadata", "Zm9yZ2Vk".parse().unwrap());
+                    if req.uri().path() == "/grpc" {
+                        resp.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("grpc-status", "5".parse().unwrap());
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+struct TwoSidecars {
+    client: SocketAddr,
+    client_shared: Arc<Shared>,
+    server_shared: Arc<Shared>,
+    seen: Seen,
+}
+
+async fn two_sidecars() -> TwoSidecars {
+    mesh_proxy::install_crypto_provider();
+    let ca = Ca::new();
+    let (app, seen) = app().await;
+    let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = server_l.local_addr().unwrap();
+    let mut inbound = chain("inbound|9080||", None, hcm_filter("inbound"));
+    inbound.filter_chain_match = Some(xl::FilterChainMatch {
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    });
+    inbound.transport_socket = Some(xc::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
+            &xt::DownstreamTlsContext {
+                common_tls_context: Some(common_tls(None, &["h2", "http/1.1"])),
+                require_client_certificate: Some(wkt::BoolValue { value: true }),
+                ..Default::default()
+            },
+        ))),
+    });
+    let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
+    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let server_cfg = config(
+        vec![in_l],
+        vec![static_cluster("inbound|9080||", &[app])],
+        vec![route_table(
+            "inbound",
+            &["*"],
+            vec![route("/", "inbound|9080||")],
+        )],
+    );
+    let server_shared = serve(
+        server_l,
+        "virtualInbound",
+        server_cfg,
+        ca.svid(SERVER_ID),
+        &node(
+            "shop",
+            "reviews-v2",
+            &[("app", "reviews"), ("version", "v2")],
+        ),
+        SERVER_ID,
+    );
+    let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = client_l.local_addr().unwrap();
+    let out_l = listener(
+        "out",
+        client,
+        false,
+        vec![chain("out", None, hcm_filter("out"))],
+        None,
+    );
+    let cluster = "outbound|9080||reviews.shop.svc.cluster.local";
+    let client_cfg = config(
+        vec![out_l],
+        vec![mtls(static_cluster(cluster, &[server]), SERVER_ID)],
+        vec![route_table("out", &["*"], vec![route("/", cluster)])],
+    );
+    let client_shared = serve(
+        client_l,
+        "out",
+        client_cfg,
+        ca.svid(CLIENT_ID),
+        &node(
+            "default",
+            "productpage-v1",
+            &[
+                ("app", "productpage"),
+                ("version", "v1"),
+                ("service.istio.io/canonical-name", "productpage-svc"),
+            ],
+        ),
+        CLIENT_ID,
+    );
+    TwoSidecars {
+        client,
+        client_shared,
+        server_shared,
+        seen,
+    }
+}
+
+/// Sends a request through the client sidecar: status and the names of
+/// the response headers starting with `x-envoy-peer`.
+async fn send(proxy: SocketAddr, path: &str, grpc: bool) -> (u16, Vec<String>) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut req = hyper::Request::post(format!("http://{proxy}{path}"))
+        .header("host", "reviews.shop:9080")
+        // Whatever the app claims never reaches the peer as is.
+        .header("x-envoy-peer-metadata-id", "forged");
+    if grpc {
+        req = req.header("content-type", "application/grpc");
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let names = resp
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("x-envoy-peer"))
+        .collect();
+    let _ = resp.into_body().collect().await.unwrap();
+    (status, names)
+}
+
+/// The `istio_requests_total` lines of a sidecar.
+fn requests(shared: &Shared) -> Vec<String> {
+    shared
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn wait_for_line(shared: &Shared, parts: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = requests(shared);
+        if let Some(l) = lines.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return l.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line with {parts:?} in {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn both_sidecars_label_requests_with_the_peer_workload_and_the_app_never_sees_the_exchange() {
+    let env = two_sidecars().await;
+    for _ in 0..3 {
+        let (status, names) = send(env.client, "/r", false).await;
+        assert_eq!(status, 200);
+        assert!(
+            names.is_empty(),
+            "exchange headers reached the caller: {names:?}"
+        );
+    }
+    let seen = env.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(Vec::is_empty),
+        "exchange headers reached the app: {seen:?}"
+    );
+    let server = wait_for_line(
+        &env.server_shared,
+        &[
+            "reporter=\"destination\"",
+            "source_workload=\"productpage-v1\"",
+            "source_workload_namespace=\"default\"",
+            "source_app=\"productpage\"",
+            "source_version=\"v1\"",
+            "source_canonical_service=\"productpage-svc\"",
+            "source_canonical_revision=\"v1\"",
+            "source_cluster=\"Kubernetes\"",
+            &format!("source_principal=\"{CLIENT_ID}\""),
+            "destination_workload=\"reviews-v2\"",
+            "destination_workload_namespace=\"shop\"",
+            "destination_app=\"reviews\"",
+            &format!("destination_principal=\"{SERVER_ID}\""),
+            "destination_service=\"reviews.shop\"",
+            "request_protocol=\"http\"",
+            "response_code=\"200\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ],
+    )
+    .await;
+    assert!(server.ends_with(" 3"), "{server}");
+    let client = wait_for_line(
+        &env.client_shared,
+        &[
+            "reporter=\"source\"",
+            "source_workload=\"productpage-v1\"",
+            "source_workload_namespace=\"default\"",
+            "destination_workload=\"reviews-v2\"",
+            "destination_workload_namespace=\"shop\"",
+            "destination_app=\"reviews\"",
+            "destination_version=\"v2\"",
+            "destination_canonical_service=\"reviews\"",
+            "destination_canonical_revision=\"v2\"",
+            "destination_cluster=\"Kubernetes\"",
+            &format!("destination_principal=\"{SERVER_ID}\""),
+            "destination_service=\"reviews.shop.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "destination_service_namespace=\"shop\"",
+            "grpc_response_status=\"-\"",
+        ],
+    )
+    .await;
+    assert!(client.ends_with(" 3"), "{client}");
+}
+
+#[tokio::test]
+async fn grpc_requests_are_labelled_grpc_with_their_status() {
+    let env = two_sidecars().await;
+    let (status, _) = send(env.client, "/grpc", true).await;
+    assert_eq!(status, 200);
+    for shared in [&env.client_shared, &env.server_shared] {
+        wait_for_line(
+            shared,
+            &[
+                "request_protocol=\"grpc\"",
+                "grpc_response_status=\"5\"",
+                "response_code=\"200\"",
+            ],
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
+    // The server sidecar behind a plain-text inbound listener, called
+    // directly: no exchange headers come back, the source is unknown.
+    mesh_proxy::install_crypto_provider();
+    let (app, seen) = app().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut in_l = listener(
+        "virtualInbound",
+        addr,
+        false,
+        vec![chain("inbound|9080||", None, hcm_filter("inbound"))],
+        None,
+    );
+    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let cfg = config(
+        vec![in_l],
+        vec![static_cluster("inbound|9080||", &[app])],
+        vec![route_table(
+            "inbound",
+            &["*"],
+            vec![route("/", "inbound|9080||")],
+        )],
+    );
+    let shared = serve(
+        l,
+        "virtualInbound",
+        cfg,
+        mesh_proxy::tls::no_svid(),
+        &node("shop", "reviews-v2", &[("app", "reviews")]),
+        SERVER_ID,
+    );
+    let (status, names) = send(addr, "/r", false).await;
+    assert_eq!(status, 200);
+    assert!(names.is_empty(), "{names:?}");
+    assert!(seen.lock().unwrap().iter().all(Vec::is_empty));
+    wait_for_line(
+        &shared,
+        &[
+            "source_workload=\"unknown\"",
+            "source_workload_namespace=\"unknown\"",
+            "source_canonical_revision=\"latest\"",
+            "destination_workload=\"reviews-v2\"",
+            "destination_principal=\"unknown\"",
+            "connection_security_policy=\"none\"",
+        ],
+    )
+    .await;
+}
