@@ -17,6 +17,7 @@ pub mod events;
 pub mod lease;
 pub mod mesh_config;
 pub mod registry;
+pub mod selector;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -204,7 +205,12 @@ impl KubeMode {
         workloads: Arc<Workloads>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> registry::Registry {
-        let (reg, t) = registry::spawn(&self.client, self.cluster_domain.clone(), workloads);
+        let (reg, t) = registry::spawn_with_config(
+            &self.client,
+            self.cluster_domain.clone(),
+            workloads,
+            Some(Arc::new(self.store.clone())),
+        );
         tasks.extend(t);
         let mut ready = reg.ready.clone();
         loop {

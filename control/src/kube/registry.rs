@@ -41,6 +41,7 @@ use tokio::sync::{Notify, watch};
 use crate::registry::{
     Endpoint, Health, PendingService, Protocol, Service, ServicePort, TLS_MODE_LABEL, Workloads,
 };
+use crate::store::ConfigStore;
 
 /// Label of an EndpointSlice naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -80,6 +81,19 @@ pub fn spawn(
     cluster_domain: String,
     workloads: Arc<Workloads>,
 ) -> (Registry, Vec<tokio::task::JoinHandle<()>>) {
+    spawn_with_config(client, cluster_domain, workloads, None)
+}
+
+/// [`spawn`], and with `config` (meshd's store of custom resources) the
+/// Pods that ServiceEntries select with their `workloadSelector` become
+/// endpoints of those entries ([`super::selector`]); the services are
+/// rebuilt when the Kubernetes objects or the config change.
+pub fn spawn_with_config(
+    client: &Client,
+    cluster_domain: String,
+    workloads: Arc<Workloads>,
+    config: Option<Arc<dyn ConfigStore>>,
+) -> (Registry, Vec<tokio::task::JoinHandle<()>>) {
     let changed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     let (services, t) = reflect::<KubeService>(Api::all(client.clone()), changed.clone());
@@ -98,6 +112,8 @@ pub fn spawn(
     };
     let s = stores.clone();
     let (ready_tx, ready) = watch::channel(false);
+    // Subscribed before the first list, so no config change is missed.
+    let mut config_events = config.as_ref().map(|c| c.watch());
     tasks.push(tokio::spawn(async move {
         for ready in [
             s.services.wait_until_ready().await,
@@ -115,14 +131,51 @@ pub fn spawn(
             "Kubernetes registry listed"
         );
         loop {
-            let services = build(&s, &cluster_domain);
+            let mut services = build(&s, &cluster_domain);
+            if let Some(config) = &config {
+                let entries = selecting_entries(config.as_ref()).await;
+                services.extend(super::selector::service_entry_services(&entries, &s));
+            }
             tracing::debug!(services = services.len(), "Kubernetes registry updated");
             workloads.set_platform_services(services);
             ready_tx.send_replace(true);
-            changed.notified().await;
+            match config_events.as_mut() {
+                Some(events) => tokio::select! {
+                    () = changed.notified() => {}
+                    ev = events.recv() => {
+                        if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            config_events = None;
+                        }
+                    }
+                },
+                None => changed.notified().await,
+            }
         }
     }));
     (Registry { stores, ready }, tasks)
+}
+
+/// The ServiceEntries and WorkloadEntries of `config` (the objects a
+/// `workloadSelector` over Pods needs); objects that do not decode are
+/// left out (the snapshot reports them).
+async fn selecting_entries(config: &dyn ConfigStore) -> Vec<mesh_model::Resource> {
+    let mut out = Vec::new();
+    for kind in [
+        mesh_model::Kind::ServiceEntry,
+        mesh_model::Kind::WorkloadEntry,
+    ] {
+        match config.list(Some(kind.as_str()), None).await {
+            Ok(objects) => out.extend(
+                objects
+                    .iter()
+                    .filter_map(|o| crate::documents::decode(o).ok()),
+            ),
+            Err(error) => {
+                tracing::warn!(kind = kind.as_str(), %error, "listing config for workloadSelector over Pods failed")
+            }
+        }
+    }
+    out
 }
 
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
