@@ -138,6 +138,15 @@ async fn start_ca(
         cas_tx,
         mesh_ca::reload::DEFAULT_CHECK_INTERVAL,
     ));
+    if let Some(k) = kube {
+        // A replaced `cacerts` Secret reaches the directory, then the watch.
+        tasks.push(crate::kube::ca::spawn_secret_sync(
+            k.client.clone(),
+            k.namespace.clone(),
+            dir.clone(),
+            crate::kube::ca::SECRET_RESYNC,
+        ));
+    }
     let served = cas.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = serve_tls(cas, auth, xds, listener, &opts).await {

@@ -372,3 +372,39 @@ async fn proxies_tokens_are_reviewed_for_the_mesh_ca_audience_and_trust_domain()
     assert_eq!(seen[0].path, "/apis/authentication.k8s.io/v1/tokenreviews");
     assert_eq!(seen[0].body["spec"]["audiences"], json!(["mesh-ca"]));
 }
+
+#[tokio::test]
+async fn a_replaced_cacerts_secret_is_written_into_the_ca_directory_once() {
+    let old = new_ca();
+    let replaced = new_ca();
+    let secret = secret_of("cacerts", replaced.path(), &ISTIO_FILES);
+    let (client, handle) = pair();
+    let (seen, _server) = serve(handle, move |req| {
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.path, format!("{SECRETS}/cacerts"));
+        Reply::Json(200, secret.clone())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    for f in ISTIO_FILES {
+        std::fs::copy(old.path().join(f), dir.path().join(f)).unwrap();
+    }
+    assert!(
+        ca::sync_secret(&client, "mesh-system", dir.path())
+            .await
+            .unwrap()
+    );
+    for f in ISTIO_FILES {
+        assert_eq!(
+            std::fs::read(dir.path().join(f)).unwrap(),
+            std::fs::read(replaced.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(
+        !ca::sync_secret(&client, "mesh-system", dir.path())
+            .await
+            .unwrap(),
+        "unchanged: nothing written"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}

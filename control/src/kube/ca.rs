@@ -135,6 +135,66 @@ pub async fn materialize(
     }
 }
 
+/// How often meshd re-reads the CA Secret (`cacerts`, else `mesh-ca`).
+pub const SECRET_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `dir` holds exactly the CA files of `secret`.
+fn holds(secret: &Secret, dir: &Path) -> bool {
+    let data = secret.data.as_ref();
+    CA_FILES.iter().all(|f| {
+        let want = data.and_then(|d| d.get(*f)).map(|b| b.0.as_slice());
+        let have = std::fs::read(dir.join(f)).ok();
+        want == have.as_deref()
+    })
+}
+
+/// Brings `dir` in line with the cluster's CA Secret (`cacerts` if it
+/// exists, else `mesh-ca`, as [`materialize`] chose at start): when the
+/// Secret's files differ from the directory's (a replaced `cacerts`, a
+/// rotation written into the Secret) they are written into `dir`, where
+/// meshd's CA directory watch (`mesh_ca::reload`) loads them. Returns
+/// whether it wrote. With neither Secret, nothing changes.
+pub async fn sync_secret(client: &Client, namespace: &str, dir: &Path) -> Result<bool, KubeError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut found = None;
+    for name in [PLUGIN_SECRET, SELF_SIGNED_SECRET] {
+        if let Some(s) = api
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading Secret {namespace}/{name}")))?
+        {
+            found = Some(s);
+            break;
+        }
+    }
+    let Some(secret) = found else {
+        return Ok(false);
+    };
+    if holds(&secret, dir) {
+        return Ok(false);
+    }
+    write_secret(&secret, dir)?;
+    tracing::info!(secret = ?secret.metadata.name, %namespace, "the CA Secret changed; CA files rewritten");
+    Ok(true)
+}
+
+/// Runs [`sync_secret`] every `every` (errors are logged and retried).
+pub fn spawn_secret_sync(
+    client: Client,
+    namespace: String,
+    dir: std::path::PathBuf,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = sync_secret(&client, &namespace, &dir).await {
+                tracing::warn!(%error, "re-reading the CA Secret failed; retrying");
+            }
+        }
+    })
+}
+
 /// Writes a Secret's CA files into `dir`, replacing what was there (files
 /// the Secret lacks are removed, so a stale chain cannot mix in).
 fn write_secret(secret: &Secret, dir: &Path) -> Result<(), KubeError> {
