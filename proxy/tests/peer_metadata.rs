@@ -21,6 +21,7 @@ use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
+use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
 use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
@@ -105,18 +106,40 @@ fn common_tls(san: Option<&str>, alpn: &[&str]) -> xt::CommonTlsContext {
     }
 }
 
-/// Istio-mutual origination toward `san` over HTTP/1.1.
-fn mtls(mut cluster: xcl::Cluster, san: &str) -> xcl::Cluster {
+/// Istio-mutual origination toward `san` offering `alpn`.
+fn mtls(mut cluster: xcl::Cluster, san: &str, alpn: &[&str]) -> xcl::Cluster {
     cluster.transport_socket = Some(xc::TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
             &xt::UpstreamTlsContext {
-                common_tls_context: Some(common_tls(Some(san), &["istio", "http/1.1"])),
+                common_tls_context: Some(common_tls(Some(san), alpn)),
                 sni: "outbound_.9080_._.reviews.shop.svc.cluster.local".into(),
                 ..Default::default()
             },
         ))),
     });
+    cluster
+}
+
+/// `cluster` speaks h2 (as meshd emits for gRPC ports).
+fn h2(mut cluster: xcl::Cluster) -> xcl::Cluster {
+    use xh::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
+    let opts = xh::HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(
+                    xh::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&opts),
+    );
     cluster
 }
 
@@ -229,10 +252,52 @@ struct TwoSidecars {
     seen: Seen,
 }
 
+/// An h2 gRPC-like app: data, then `grpc-status: 0` in the trailers.
+async fn h2_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: hyper::Request<_>| async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                            Bytes::from_static(b"\0\0\0\0\0"),
+                        )),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    let mut resp = hyper::Response::new(body);
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 async fn two_sidecars() -> TwoSidecars {
+    two_sidecars_for(false).await
+}
+
+/// The two sidecars; with `grpc` the hops are h2 and the app is
+/// [`h2_app`].
+async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
     mesh_proxy::install_crypto_provider();
     let ca = Ca::new();
-    let (app, seen) = app().await;
+    let (mut app, seen) = app().await;
+    if grpc {
+        app = h2_app().await;
+    }
+    let maybe_h2 = |c: xcl::Cluster| if grpc { h2(c) } else { c };
     let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_l.local_addr().unwrap();
     let mut inbound = chain("inbound|9080||", None, hcm_filter("inbound"));
@@ -254,7 +319,7 @@ async fn two_sidecars() -> TwoSidecars {
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
     let server_cfg = config(
         vec![in_l],
-        vec![static_cluster("inbound|9080||", &[app])],
+        vec![maybe_h2(static_cluster("inbound|9080||", &[app]))],
         vec![route_table(
             "inbound",
             &["*"],
@@ -285,7 +350,19 @@ async fn two_sidecars() -> TwoSidecars {
     let cluster = "outbound|9080||reviews.shop.svc.cluster.local";
     let client_cfg = config(
         vec![out_l],
-        vec![mtls(static_cluster(cluster, &[server]), SERVER_ID)],
+        vec![if grpc {
+            mtls(
+                h2(static_cluster(cluster, &[server])),
+                SERVER_ID,
+                &["istio", "h2"],
+            )
+        } else {
+            mtls(
+                static_cluster(cluster, &[server]),
+                SERVER_ID,
+                &["istio", "http/1.1"],
+            )
+        }],
         vec![route_table("out", &["*"], vec![route("/", cluster)])],
     );
     let client_shared = serve(
@@ -497,4 +574,37 @@ async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn grpc_status_in_the_trailers_labels_the_request_when_the_call_ends() {
+    let env = two_sidecars_for(true).await;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let req = hyper::Request::post(format!("http://{}/pkg.Svc/Call", env.client))
+        .header("host", "reviews.shop:9080")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        body.trailers().map(|t| t["grpc-status"].clone()),
+        Some(http::HeaderValue::from_static("0")),
+        "the trailers reach the caller"
+    );
+    for shared in [&env.client_shared, &env.server_shared] {
+        wait_for_line(
+            shared,
+            &[
+                "request_protocol=\"grpc\"",
+                "grpc_response_status=\"0\"",
+                "source_workload=\"productpage-v1\"",
+                "destination_workload=\"reviews-v2\"",
+            ],
+        )
+        .await;
+    }
 }

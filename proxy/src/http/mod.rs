@@ -4,6 +4,7 @@
 
 pub mod flags;
 mod forward;
+pub mod grpc;
 pub mod hash_key;
 pub mod retry;
 pub mod router;
@@ -211,11 +212,7 @@ struct Outcome {
 /// the `grpc-status` of the response headers (a trailers-only reply), if
 /// any.
 fn grpc_status(grpc: bool, resp: &http::HeaderMap) -> Option<Option<u32>> {
-    grpc.then(|| {
-        resp.get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    })
+    grpc.then(|| grpc::status_of(resp))
 }
 
 fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -227,9 +224,9 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 async fn handle(
     mut req: Request<Incoming>,
     hcm: &HttpConnectionManager,
-    shared: &Shared,
-    info: &ConnInfo,
-    cache: &ConnCache,
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    cache: &Arc<ConnCache>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     // The exchange headers never reach the app (nor, from the app, another
@@ -295,12 +292,40 @@ async fn handle(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let response_bytes = size(resp.headers());
     let extra = RequestExtra {
         status: resp.status().as_u16(),
         peer,
         grpc: grpc_status(grpc, resp.headers()),
         authority: &authority,
     };
+    if extra.grpc == Some(None) && !hyper::body::Body::is_end_stream(resp.body()) {
+        // A gRPC status in the trailers: record when the body ends.
+        let RequestExtra { status, peer, .. } = extra;
+        let (shared, info, cache) = (shared.clone(), info.clone(), cache.clone());
+        let out = Outcome {
+            flag: out.flag,
+            cluster: out.cluster,
+            upstream_mtls: out.upstream_mtls,
+            ..Outcome::default()
+        };
+        let on_end = move |grpc_status: Option<u32>| {
+            let extra = RequestExtra {
+                status,
+                peer,
+                grpc: Some(grpc_status),
+                authority: &authority,
+            };
+            let figures = (
+                started.elapsed().as_secs_f64() * 1000.0,
+                request_bytes,
+                response_bytes,
+            );
+            record_request(&shared, &info, &out, extra, &cache.series, figures);
+        };
+        return resp
+            .map(|body| http_body_util::BodyExt::boxed(grpc::OnTrailers::new(body, on_end)));
+    }
     record_request(
         shared,
         info,
@@ -310,7 +335,7 @@ async fn handle(
         (
             started.elapsed().as_secs_f64() * 1000.0,
             request_bytes,
-            size(resp.headers()),
+            response_bytes,
         ),
     );
     resp
