@@ -186,9 +186,10 @@ pub fn tls_incoming(
 /// renewal only changes what new handshakes get. A new CA additionally needs
 /// new services (they hold the CA) and new client roots, so `router` builds
 /// the services for it and a new server starts on the same socket before
-/// the old one is shut down gracefully: it stops accepting, and its
-/// established connections (long-lived xDS streams too) go on until their
-/// clients close them. Choosing this over a single server with a swappable
+/// the old one is shut down gracefully: it stops accepting, streams in
+/// flight (long-lived xDS streams too) go on until they end, and its
+/// HTTP/2 connections get a GOAWAY, so clients open their next streams on
+/// the new server. Choosing this over a single server with a swappable
 /// service keeps the services immutable; a CA change is rare, renewals are
 /// not, and renewals never restart anything.
 pub async fn serve_generations<F>(
