@@ -71,7 +71,12 @@ pub fn now_ms() -> u128 {
 
 /// Serves `/debug/ca`.
 pub fn handle(shared: &Shared) -> Response<Body> {
-    let Some(ca) = shared.ca.get() else {
+    let current = shared
+        .ca
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(ca) = current else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the embedded CA has not loaded yet; retry in a moment".into(),

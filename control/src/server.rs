@@ -101,18 +101,7 @@ async fn start_ca(
         &config.trust_domain,
         mesh_ca::IssuePolicy::default(),
     )?);
-    let _ = shared.ca.set(crate::ca_info::CaInfo::of(&ca));
-    let root_expiry = shared
-        .ca
-        .get()
-        .into_iter()
-        .flat_map(|info| &info.roots)
-        .filter_map(|der| crate::ca_info::root_info(der))
-        .map(|root| root.not_after)
-        .max();
-    if let Some(expiry) = root_expiry {
-        shared.metrics.ca_root_expiry.set(expiry);
-    }
+    publish_ca(shared, &ca);
     let tokens = Arc::new(mesh_ca::token::JoinTokens::load_or_create(&dir)?);
     let mut auth = Authenticator::default().with_join_tokens(tokens);
     if let Some(k) = kube {
@@ -147,6 +136,15 @@ async fn start_ca(
             crate::kube::ca::SECRET_RESYNC,
         ));
     }
+    // /debug/ca and the root-expiry metric follow the CA as it changes.
+    let mut followed = cas.clone();
+    let followed_shared = shared.clone();
+    tasks.push(tokio::spawn(async move {
+        while followed.changed().await.is_ok() {
+            let ca = followed.borrow_and_update().clone();
+            publish_ca(&followed_shared, &ca);
+        }
+    }));
     let served = cas.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = serve_tls(cas, auth, xds, listener, &opts).await {
@@ -155,6 +153,25 @@ async fn start_ca(
     }));
     tracing::info!(%ca_addr, ca_dir = %dir.display(), "CA and xDS over mTLS listening");
     Ok((ca_addr, served))
+}
+
+/// Makes `ca` what `/debug/ca` shows and what
+/// `mesh_ca_root_cert_expiry_timestamp` reports (the newest root's expiry).
+fn publish_ca(shared: &Shared, ca: &mesh_ca::CertificateAuthority) {
+    let info = crate::ca_info::CaInfo::of(ca);
+    let root_expiry = info
+        .roots
+        .iter()
+        .filter_map(|der| crate::ca_info::root_info(der))
+        .map(|root| root.not_after)
+        .max();
+    if let Some(expiry) = root_expiry {
+        shared.metrics.ca_root_expiry.set(expiry);
+    }
+    *shared
+        .ca
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(info));
 }
 
 /// The embedded CA as it is now and as it changes.

@@ -21,6 +21,7 @@ pub struct Shared {
     pub status: Arc<SyncStatus>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The embedded CA's public facts for `/debug/ca` (set once it loads).
-    pub ca: std::sync::OnceLock<crate::ca_info::CaInfo>,
+    /// The embedded CA's public facts for `/debug/ca` (`None` until it
+    /// loads; replaced when the CA changes, e.g. a root rotation).
+    pub ca: Arc<std::sync::RwLock<Option<Arc<crate::ca_info::CaInfo>>>>,
 }

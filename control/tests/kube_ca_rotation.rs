@@ -2,7 +2,8 @@
 //! Secret becomes in Kubernetes mode, once written into the CA directory)
 //! on the real meshd: new handshakes on the TLS port (15012) get a serving
 //! certificate chained to the new root, without a restart, while an xDS
-//! stream opened before over mTLS keeps receiving config.
+//! stream opened before over mTLS keeps receiving config, and `/debug/ca`
+//! shows both roots.
 
 mod common;
 
@@ -164,6 +165,22 @@ async fn a_rotated_root_reaches_new_handshakes_on_the_tls_port_while_an_open_xds
             "15012 never presented a chain to the new root"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // /debug/ca shows both roots now (it followed the CA, as does the
+    // root-expiry metric).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, ca_info) = call(meshd.http_addr, "GET", "/debug/ca", "").await;
+        assert_eq!(status, 200, "{ca_info}");
+        if ca_info["roots"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/debug/ca still shows the CA loaded at start: {ca_info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The stream opened before still gets config pushes.
