@@ -475,6 +475,7 @@ async fn both_sidecars_label_requests_with_the_peer_workload_and_the_app_never_s
             "destination_workload_namespace=\"shop\"",
             "destination_app=\"reviews\"",
             &format!("destination_principal=\"{SERVER_ID}\""),
+            // `reviews.shop` in Host: not expanded (it could be a DNS name).
             "destination_service=\"reviews.shop\"",
             "request_protocol=\"http\"",
             "response_code=\"200\"",

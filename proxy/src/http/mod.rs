@@ -354,13 +354,15 @@ fn request_labels(
     } else {
         crate::metrics::service_of_cluster(&out.cluster)
     };
-    // `inbound|9080||` names no host: Istio falls back to the Host header.
+    let own = Side::own(shared);
+    // `inbound|9080||` names no host: the Host header does, as callers in
+    // the mesh wrote it (often a short name of a service in this
+    // namespace).
     let host_from_authority = service.contains('|');
     if host_from_authority {
-        service = host_of(extra.authority).to_owned();
+        service = qualify(host_of(extra.authority), &own.namespace);
     }
     let trust_domain = crate::peer_metadata::trust_domain(&shared.workload.principal);
-    let own = Side::own(shared);
     let (reporter, source, destination) = if info.inbound {
         let source = match (&extra.peer, info.peer_identity.as_deref()) {
             (Some(meta), verified) => Side::of(meta, verified.unwrap_or("unknown")),
@@ -397,6 +399,23 @@ fn request_labels(
         },
     );
     (labels, host_from_authority)
+}
+
+/// The full name a Kubernetes service host written short stands for, seen
+/// from `namespace` (`reviews` → `reviews.<ns>.svc.cluster.local`,
+/// `reviews.shop.svc` → `reviews.shop.svc.cluster.local`); any other host
+/// (IP address, `localhost`, a DNS name with dots) as is.
+fn qualify(host: &str, namespace: &str) -> String {
+    let parts = host.split('.').count();
+    if host.is_empty() || host == "localhost" || host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_owned()
+    } else if parts == 1 && namespace != "unknown" {
+        format!("{host}.{namespace}.svc.cluster.local")
+    } else if parts == 3 && host.ends_with(".svc") {
+        format!("{host}.cluster.local")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// The host of an authority (`reviews:9080` → `reviews`).
@@ -562,7 +581,28 @@ fn redirect(
 
 #[cfg(test)]
 mod tests {
-    use super::set_forwarded_client_cert;
+    use super::{host_of, qualify, set_forwarded_client_cert};
+
+    #[test]
+    fn inbound_hosts_written_short_name_the_service_in_full() {
+        assert_eq!(
+            qualify(host_of("reviews:9080"), "shop"),
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            qualify("ratings.default.svc", "shop"),
+            "ratings.default.svc.cluster.local"
+        );
+        for as_is in [
+            "198.18.0.14",
+            "localhost",
+            "api.example.com",
+            "reviews.shop.svc.cluster.local",
+        ] {
+            assert_eq!(qualify(as_is, "shop"), as_is);
+        }
+        assert_eq!(qualify("reviews", "unknown"), "reviews");
+    }
 
     #[test]
     fn inbound_xfcc_names_the_verified_peer_and_drops_what_the_client_sent() {
