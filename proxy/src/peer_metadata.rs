@@ -187,6 +187,10 @@ impl PeerMetadata {
 pub struct Local {
     /// The metadata.
     pub meta: Arc<PeerMetadata>,
+    /// The service this workload serves, in full
+    /// (`<name>.<ns>.svc.cluster.local`; empty when not known): inbound
+    /// requests and connections whose host names no service report it.
+    pub service: String,
     id: HeaderValue,
     value: HeaderValue,
 }
@@ -240,6 +244,7 @@ impl Exchange {
         };
         self.local
             .set(Local {
+                service: service_fqdn(&node.service_name, &node.namespace),
                 meta: Arc::new(meta),
                 id,
                 value,
@@ -299,6 +304,17 @@ impl Exchange {
         };
         *conn = Some((id.clone(), peer.clone()));
         peer
+    }
+}
+
+/// A Kubernetes service name in full: `reviews` (in `namespace`) or
+/// `reviews.shop` → `reviews.shop.svc.cluster.local`; a longer name as is.
+pub fn service_fqdn(name: &str, namespace: &str) -> String {
+    match name.split('.').count() {
+        _ if name.is_empty() => String::new(),
+        1 if !namespace.is_empty() => format!("{name}.{namespace}.svc.cluster.local"),
+        2 => format!("{name}.svc.cluster.local"),
+        _ => name.to_owned(),
     }
 }
 
@@ -466,6 +482,23 @@ mod tests {
         assert_eq!(sent.workload_name, "reviews-v2");
         x.announce(&mut h, false);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn service_names_are_completed_to_kubernetes_fqdns() {
+        assert_eq!(
+            service_fqdn("reviews", "shop"),
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            service_fqdn("reviews.shop", "x"),
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            service_fqdn("a.b.svc.cluster.local", "x"),
+            "a.b.svc.cluster.local"
+        );
+        assert_eq!(service_fqdn("", "x"), "");
     }
 
     #[test]

@@ -57,7 +57,15 @@ pub async fn proxy<S>(
     } else {
         ("source", own, Side::unknown())
     };
-    let service = crate::metrics::service_of_cluster(cluster_name);
+    let mut service = crate::metrics::service_of_cluster(cluster_name);
+    // `inbound|3306||` names no host: the service this workload serves.
+    if inbound
+        && service.contains('|')
+        && let Some(local) = shared.peer_metadata.local()
+        && !local.service.is_empty()
+    {
+        service.clone_from(&local.service);
+    }
     let labels = |flag: &str| {
         TcpLabels::new(
             reporter,

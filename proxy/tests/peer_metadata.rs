@@ -34,7 +34,7 @@ use rcgen::{
     SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use support::{any, chain, hcm_filter, listener, route, route_table, static_cluster};
+use support::{any, chain, hcm_filter, listener, route, route_table, static_cluster, tcp_filter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -392,10 +392,15 @@ async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
 /// Sends a request through the client sidecar: status and the names of
 /// the response headers starting with `x-envoy-peer`.
 async fn send(proxy: SocketAddr, path: &str, grpc: bool) -> (u16, Vec<String>) {
+    send_to(proxy, "reviews.shop:9080", path, grpc).await
+}
+
+/// [`send`] with this `Host`.
+async fn send_to(proxy: SocketAddr, host: &str, path: &str, grpc: bool) -> (u16, Vec<String>) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut req = hyper::Request::post(format!("http://{proxy}{path}"))
-        .header("host", "reviews.shop:9080")
+        .header("host", host)
         // Whatever the app claims never reaches the peer as is.
         .header("x-envoy-peer-metadata-id", "forged");
     if grpc {
@@ -556,10 +561,14 @@ async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
         "virtualInbound",
         cfg,
         mesh_proxy::tls::no_svid(),
-        &node("shop", "reviews-v2", &[("app", "reviews")]),
+        &NodeIdentity {
+            service_name: "reviews".into(),
+            ..node("shop", "reviews-v2", &[("app", "reviews")])
+        },
         SERVER_ID,
     );
-    let (status, names) = send(addr, "/r", false).await;
+    // Called by IP address: the service is the one the sidecar serves.
+    let (status, names) = send_to(addr, &addr.to_string(), "/r", false).await;
     assert_eq!(status, 200);
     assert!(names.is_empty(), "{names:?}");
     assert!(seen.lock().unwrap().iter().all(Vec::is_empty));
@@ -571,6 +580,8 @@ async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
             "source_canonical_revision=\"latest\"",
             "destination_workload=\"reviews-v2\"",
             "destination_principal=\"unknown\"",
+            "destination_service=\"reviews.shop.svc.cluster.local\"",
+            "destination_service_namespace=\"shop\"",
             "connection_security_policy=\"none\"",
         ],
     )
@@ -607,5 +618,74 @@ async fn grpc_status_in_the_trailers_labels_the_request_when_the_call_ends() {
             ],
         )
         .await;
+    }
+}
+
+#[tokio::test]
+async fn inbound_tcp_connections_report_the_service_the_workload_serves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A one-shot echo backend.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut in_l = listener(
+        "virtualInbound",
+        addr,
+        false,
+        vec![chain("inbound|3306||", None, tcp_filter("inbound|3306||"))],
+        None,
+    );
+    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let cfg = config(
+        vec![in_l],
+        vec![static_cluster("inbound|3306||", &[app])],
+        vec![],
+    );
+    let shared = serve(
+        l,
+        "virtualInbound",
+        cfg,
+        mesh_proxy::tls::no_svid(),
+        &NodeIdentity {
+            service_name: "mysql".into(),
+            ..node("shop", "mysql-v1", &[("app", "mysql")])
+        },
+        SERVER_ID,
+    );
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = shared.metrics.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_closed_total{"));
+        if let Some(line) = line {
+            for part in [
+                "reporter=\"destination\"",
+                "source_workload=\"unknown\"",
+                "destination_workload=\"mysql-v1\"",
+                "destination_app=\"mysql\"",
+                "destination_service=\"mysql.shop.svc.cluster.local\"",
+                "destination_service_name=\"mysql\"",
+                "request_protocol=\"tcp\"",
+            ] {
+                assert!(line.contains(part), "{part} missing in {line}");
+            }
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -361,6 +361,14 @@ fn request_labels(
     let host_from_authority = service.contains('|');
     if host_from_authority {
         service = qualify(host_of(extra.authority), &own.namespace);
+        // An IP address (a caller outside the mesh): the service this
+        // workload serves, when the proxy knows it.
+        if service.parse::<std::net::IpAddr>().is_ok()
+            && let Some(local) = shared.peer_metadata.local()
+            && !local.service.is_empty()
+        {
+            service.clone_from(&local.service);
+        }
     }
     let trust_domain = crate::peer_metadata::trust_domain(&shared.workload.principal);
     let (reporter, source, destination) = if info.inbound {
