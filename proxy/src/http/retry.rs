@@ -105,14 +105,13 @@ fn grpc_code(cond: &str) -> Option<u32> {
     })
 }
 
-/// Whether an upstream error is an HTTP/2 `REFUSED_STREAM` reset. hyper
-/// does not expose the h2 reason, so the error chain's text is inspected.
+/// Whether an upstream error is an HTTP/2 `REFUSED_STREAM` reset: the
+/// `h2::Error` in hyper's error chain carries the reason.
 pub fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(error);
     while let Some(e) = cur {
-        let text = format!("{e:?}");
-        if text.contains("REFUSED_STREAM") {
-            return true;
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
         }
         cur = e.source();
     }
@@ -380,23 +379,39 @@ mod tests {
         assert!(backoff_delay(&custom, 9, &mut rng) < Duration::from_millis(150));
     }
 
-    #[test]
-    fn refused_stream_is_found_in_the_error_chain() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("outer")
+    /// The error hyper's HTTP/2 client returns when a real h2 server
+    /// resets the request's stream with `reason`.
+    async fn reset_by_server(reason: h2::Reason) -> hyper::Error {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(socket).await.unwrap();
+            while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                respond.send_reset(reason);
             }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let refused = Outer(std::io::Error::other("Reset(StreamId(1), REFUSED_STREAM)"));
-        assert!(is_refused_stream(&refused));
-        let other = Outer(std::io::Error::other("connection reset"));
+        });
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("http://upstream/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_real_refused_stream_is_recognised_and_other_resets_are_not() {
+        assert!(is_refused_stream(
+            &reset_by_server(h2::Reason::REFUSED_STREAM).await
+        ));
+        assert!(!is_refused_stream(
+            &reset_by_server(h2::Reason::INTERNAL_ERROR).await
+        ));
+        let other = std::io::Error::other("connection reset");
         assert!(!is_refused_stream(&other));
     }
 }
