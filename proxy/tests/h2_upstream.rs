@@ -22,89 +22,18 @@ use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
-use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
 use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
-use rcgen::string::Ia5String;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    SanType,
+use support::{
+    TestCa, any, chain, common_tls, hcm_filter, listener, route, route_table, static_cluster,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use support::{any, chain, hcm_filter, listener, route, route_table, static_cluster};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
-
-/// A throwaway CA issuing SPIFFE SVIDs.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new() -> Self {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Self(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn svid(&self, id: &str) -> watch::Receiver<Option<Arc<Svid>>> {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id).unwrap())];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.0).unwrap();
-        let root: &rcgen::Certificate = self.0.as_ref();
-        let svid = Svid {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            roots: vec![CertificateDer::from(root.der().to_vec())],
-        };
-        // The sender may go: the receiver keeps the last value.
-        watch::channel(Some(Arc::new(svid))).1
-    }
-}
-
-fn common_tls(san: Option<&str>, alpn: &[&str]) -> xt::CommonTlsContext {
-    let sds = |name: &str| xt::SdsSecretConfig {
-        name: name.into(),
-        sds_config: None,
-    };
-    xt::CommonTlsContext {
-        alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
-        tls_certificate_sds_secret_configs: vec![sds("default")],
-        validation_context_type: Some(
-            xt::common_tls_context::ValidationContextType::CombinedValidationContext(
-                xt::common_tls_context::CombinedCertificateValidationContext {
-                    default_validation_context: Some(xt::CertificateValidationContext {
-                        match_typed_subject_alt_names: san
-                            .map(|s| xt::SubjectAltNameMatcher {
-                                san_type: xt::subject_alt_name_matcher::SanType::Uri as i32,
-                                matcher: Some(xm::StringMatcher {
-                                    ignore_case: false,
-                                    match_pattern: Some(xm::string_matcher::MatchPattern::Exact(
-                                        s.into(),
-                                    )),
-                                }),
-                                oid: String::new(),
-                            })
-                            .into_iter()
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
-                    ..Default::default()
-                },
-            ),
-        ),
-        ..Default::default()
-    }
-}
 
 /// `cluster` speaks h2 (as meshd emits for `h2UpgradePolicy: UPGRADE`),
 /// with these common HTTP options.
@@ -373,7 +302,7 @@ struct TwoSidecars {
 
 async fn two_sidecars() -> TwoSidecars {
     mesh_proxy::install_crypto_provider();
-    let ca = Ca::new();
+    let ca = TestCa::new();
     let (app, seen) = http1_app().await;
     let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_l.local_addr().unwrap();
@@ -408,7 +337,7 @@ async fn two_sidecars() -> TwoSidecars {
         server_l,
         "virtualInbound",
         server_cfg,
-        ca.svid(SERVER_ID),
+        ca.svid_rx(SERVER_ID),
         SERVER_ID,
     );
     let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -428,7 +357,13 @@ async fn two_sidecars() -> TwoSidecars {
         )],
         vec![route_table("out", &["*"], vec![route("/", "to-reviews")])],
     );
-    let client_shared = serve(client_l, "out", client_cfg, ca.svid(CLIENT_ID), CLIENT_ID);
+    let client_shared = serve(
+        client_l,
+        "out",
+        client_cfg,
+        ca.svid_rx(CLIENT_ID),
+        CLIENT_ID,
+    );
     TwoSidecars {
         client,
         client_shared,
@@ -564,7 +499,7 @@ async fn h2_requests_over_max_requests_get_exactly_one_uo_at_once() {
 #[tokio::test]
 async fn h2_requests_waiting_for_the_connection_past_max_pending_get_uo_at_once() {
     mesh_proxy::install_crypto_provider();
-    let ca = Ca::new();
+    let ca = TestCa::new();
     // A peer that accepts TCP and never answers the TLS handshake: the h2
     // connection stays in the making.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -591,7 +526,7 @@ async fn h2_requests_waiting_for_the_connection_past_max_pending_get_uo_at_once(
         vec![c],
         vec![route_table("9080", &["*"], vec![route("/", "slow")])],
     );
-    let shared = serve(l, "http", cfg, ca.svid(CLIENT_ID), CLIENT_ID);
+    let shared = serve(l, "http", cfg, ca.svid_rx(CLIENT_ID), CLIENT_ID);
     let pending = shared.upstreams.h2.pending("slow");
     let first = tokio::spawn(get(proxy, "/first"));
     wait_until("the first request waiting for the connection", || {

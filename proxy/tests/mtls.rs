@@ -15,92 +15,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
-use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use mesh_proxy::xds::{NodeIdentity, XdsClient, XdsClientConfig};
-use rcgen::string::Ia5String;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::*;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Self {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn svid(&self, id: &str) -> Svid {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id).unwrap())];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        let ca_der: &rcgen::Certificate = self.issuer.as_ref();
-        Svid {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            roots: vec![CertificateDer::from(ca_der.der().to_vec())],
-        }
-    }
-}
-
-fn sds(name: &str) -> xt::SdsSecretConfig {
-    xt::SdsSecretConfig {
-        name: name.into(),
-        sds_config: None,
-    }
-}
-
-fn common(san: Option<&str>, alpn: &[&str]) -> xt::CommonTlsContext {
-    xt::CommonTlsContext {
-        alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
-        tls_certificate_sds_secret_configs: vec![sds("default")],
-        validation_context_type: Some(
-            xt::common_tls_context::ValidationContextType::CombinedValidationContext(
-                xt::common_tls_context::CombinedCertificateValidationContext {
-                    default_validation_context: Some(xt::CertificateValidationContext {
-                        match_typed_subject_alt_names: san
-                            .map(|s| xt::SubjectAltNameMatcher {
-                                san_type: xt::subject_alt_name_matcher::SanType::Uri as i32,
-                                matcher: Some(xm::StringMatcher {
-                                    ignore_case: false,
-                                    match_pattern: Some(xm::string_matcher::MatchPattern::Exact(
-                                        s.into(),
-                                    )),
-                                }),
-                                oid: String::new(),
-                            })
-                            .into_iter()
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
-                    ..Default::default()
-                },
-            ),
-        ),
-        ..Default::default()
-    }
-}
 
 fn mtls_cluster(
     name: &str,
@@ -112,7 +35,7 @@ fn mtls_cluster(
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
             &xt::UpstreamTlsContext {
-                common_tls_context: Some(common(Some(san), &["istio-peer-exchange", "istio"])),
+                common_tls_context: Some(common_tls(Some(san), &["istio-peer-exchange", "istio"])),
                 sni: "outbound_.9080_._.reviews.default.svc.cluster.local".into(),
                 ..Default::default()
             },
@@ -131,7 +54,7 @@ fn strict_inbound(addr: SocketAddr) -> xl::Listener {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
             &xt::DownstreamTlsContext {
-                common_tls_context: Some(common(
+                common_tls_context: Some(common_tls(
                     None,
                     &["istio-peer-exchange", "istio", "http/1.1"],
                 )),
@@ -188,12 +111,12 @@ struct Env {
     permissive: SocketAddr,
     svid_tx: watch::Sender<Option<Arc<Svid>>>,
     shared: Arc<Shared>,
-    ca: Ca,
+    ca: TestCa,
 }
 
 async fn setup() -> Env {
     mesh_proxy::install_crypto_provider();
-    let ca = Ca::new();
+    let ca = TestCa::new();
     let (svid_tx, svid_rx) = watch::channel(Some(Arc::new(ca.svid(ID))));
     let backend = backend().await;
     let mut ads = FakeAds::start().await;
@@ -370,7 +293,7 @@ async fn rotation_keeps_established_connections_and_new_handshakes_use_the_new_s
     env.svid_tx.send_replace(Some(Arc::new(env.ca.svid(ID))));
     assert_eq!(get(env.out, "/after").await.unwrap().0, 200);
     // Rotate to a certificate from another CA, which peers do not trust.
-    let other = Ca::new();
+    let other = TestCa::new();
     let mut foreign = other.svid(ID);
     foreign.roots = env.ca.svid(ID).roots;
     env.svid_tx.send_replace(Some(Arc::new(foreign)));

@@ -439,3 +439,89 @@ pub fn route_table(name: &str, domains: &[&str], routes: Vec<xr::Route>) -> xr::
         ..Default::default()
     }
 }
+
+/// A throwaway CA issuing SPIFFE SVIDs (what meshd's CA hands a sidecar).
+pub struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl TestCa {
+    /// A new self-signed root.
+    pub fn new() -> Self {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        Self(rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// An SVID for the SPIFFE ID `id` (client and server usage), with this
+    /// CA as its only root.
+    pub fn svid(&self, id: &str) -> mesh_proxy::tls::Svid {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(id).unwrap(),
+        )];
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.0).unwrap();
+        let root: &rcgen::Certificate = self.0.as_ref();
+        mesh_proxy::tls::Svid {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            roots: vec![rustls::pki_types::CertificateDer::from(root.der().to_vec())],
+        }
+    }
+
+    /// [`TestCa::svid`] as the watch a proxy's runtime reads (the sender
+    /// may go: the receiver keeps the last value).
+    pub fn svid_rx(
+        &self,
+        id: &str,
+    ) -> tokio::sync::watch::Receiver<Option<Arc<mesh_proxy::tls::Svid>>> {
+        tokio::sync::watch::channel(Some(Arc::new(self.svid(id)))).1
+    }
+}
+
+/// The `CommonTlsContext` meshd emits for ISTIO_MUTUAL: SDS secrets
+/// `default` and `ROOTCA`, the peer's SPIFFE ID matched exactly when `san`
+/// is given, and `alpn`.
+pub fn common_tls(
+    san: Option<&str>,
+    alpn: &[&str],
+) -> mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext {
+    use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
+    use mesh_proto::envoy::pb::envoy::r#type::matcher::v3 as xm;
+    let sds = |name: &str| xt::SdsSecretConfig {
+        name: name.into(),
+        sds_config: None,
+    };
+    xt::CommonTlsContext {
+        alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        validation_context_type: Some(
+            xt::common_tls_context::ValidationContextType::CombinedValidationContext(
+                xt::common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(xt::CertificateValidationContext {
+                        match_typed_subject_alt_names: san
+                            .map(|s| xt::SubjectAltNameMatcher {
+                                san_type: xt::subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(xm::StringMatcher {
+                                    ignore_case: false,
+                                    match_pattern: Some(xm::string_matcher::MatchPattern::Exact(
+                                        s.into(),
+                                    )),
+                                }),
+                                oid: String::new(),
+                            })
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    }
+}
