@@ -23,11 +23,12 @@ use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
-use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
+use mesh_proxy::config::ProxyConfig;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use support::{
-    TestCa, any, chain, common_tls, hcm_filter, listener, route, route_table, static_cluster,
+    TestCa, any, chain, common_tls, hcm_filter, listener, proxy_config, route, route_table,
+    static_cluster,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -86,28 +87,6 @@ fn breakers(max_requests: Option<u32>, max_pending: Option<u32>) -> Option<xcl::
         }],
         per_host_thresholds: vec![],
     })
-}
-
-/// A proxy config of listeners, clusters and route tables.
-fn config(
-    listeners: Vec<xl::Listener>,
-    clusters: Vec<xcl::Cluster>,
-    routes: Vec<mesh_proto::envoy::pb::envoy::config::route::v3::RouteConfiguration>,
-) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    for l in listeners {
-        let l = Listener::try_from(l).unwrap();
-        config.listeners.insert(l.name.clone(), Arc::new(l));
-    }
-    for c in clusters {
-        let c = Cluster::try_from(c).unwrap();
-        config.clusters.insert(c.name.clone(), Arc::new(c));
-    }
-    for r in routes {
-        let r = RouteConfig::try_from(r).unwrap();
-        config.routes.insert(r.name.clone(), Arc::new(r));
-    }
-    config
 }
 
 /// Starts a proxy serving `config`'s listener `name` on `l`.
@@ -324,7 +303,7 @@ async fn two_sidecars() -> TwoSidecars {
     });
     let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
-    let server_cfg = config(
+    let server_cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|9080||", &[app])],
         vec![route_table(
@@ -349,7 +328,7 @@ async fn two_sidecars() -> TwoSidecars {
         vec![chain("out", None, hcm_filter("out"))],
         None,
     );
-    let client_cfg = config(
+    let client_cfg = proxy_config(
         vec![out_l],
         vec![mtls(
             h2(static_cluster("to-reviews", &[server]), None),
@@ -421,7 +400,7 @@ async fn proxy_to(cluster: xcl::Cluster) -> (SocketAddr, Arc<Shared>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let name = cluster.name.clone();
-    let cfg = config(
+    let cfg = proxy_config(
         vec![listener(
             "http",
             addr,
@@ -515,7 +494,7 @@ async fn h2_requests_waiting_for_the_connection_past_max_pending_get_uo_at_once(
     c.circuit_breakers = breakers(None, Some(1));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
-    let cfg = config(
+    let cfg = proxy_config(
         vec![listener(
             "http",
             proxy,

@@ -23,13 +23,13 @@ use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
-use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
+use mesh_proxy::config::ProxyConfig;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use mesh_proxy::xds::NodeIdentity;
 use support::{
-    TestCa, any, chain, common_tls, hcm_filter, listener, route, route_table, static_cluster,
-    tcp_filter,
+    TestCa, any, chain, common_tls, hcm_filter, listener, proxy_config, route, route_table,
+    static_cluster, tcp_filter,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -72,27 +72,6 @@ fn h2(mut cluster: xcl::Cluster) -> xcl::Cluster {
         any(&opts),
     );
     cluster
-}
-
-fn config(
-    listeners: Vec<xl::Listener>,
-    clusters: Vec<xcl::Cluster>,
-    routes: Vec<mesh_proto::envoy::pb::envoy::config::route::v3::RouteConfiguration>,
-) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    for l in listeners {
-        let l = Listener::try_from(l).unwrap();
-        config.listeners.insert(l.name.clone(), Arc::new(l));
-    }
-    for c in clusters {
-        let c = Cluster::try_from(c).unwrap();
-        config.clusters.insert(c.name.clone(), Arc::new(c));
-    }
-    for r in routes {
-        let r = RouteConfig::try_from(r).unwrap();
-        config.routes.insert(r.name.clone(), Arc::new(r));
-    }
-    config
 }
 
 /// Starts a sidecar for `node` serving `config`'s listener `name` on `l`.
@@ -248,7 +227,7 @@ async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
     });
     let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
-    let server_cfg = config(
+    let server_cfg = proxy_config(
         vec![in_l],
         vec![maybe_h2(static_cluster("inbound|9080||", &[app]))],
         vec![route_table(
@@ -279,7 +258,7 @@ async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
         None,
     );
     let cluster = "outbound|9080||reviews.shop.svc.cluster.local";
-    let client_cfg = config(
+    let client_cfg = proxy_config(
         vec![out_l],
         vec![if grpc {
             mtls(
@@ -478,7 +457,7 @@ async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
         None,
     );
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
-    let cfg = config(
+    let cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|9080||", &[app])],
         vec![route_table(
@@ -574,7 +553,7 @@ async fn inbound_tcp_connections_report_the_service_the_workload_serves() {
         None,
     );
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
-    let cfg = config(
+    let cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|3306||", &[app])],
         vec![],

@@ -525,3 +525,27 @@ pub fn common_tls(
         ..Default::default()
     }
 }
+
+/// A proxy config of these listeners, clusters and route tables, each
+/// converted as the xDS client converts it.
+pub fn proxy_config(
+    listeners: Vec<xl::Listener>,
+    clusters: Vec<xcl::Cluster>,
+    routes: Vec<xr::RouteConfiguration>,
+) -> mesh_proxy::config::ProxyConfig {
+    use mesh_proxy::config::{Cluster, Listener, ProxyConfig, RouteConfig};
+    let mut config = ProxyConfig::default();
+    for l in listeners {
+        let l = Listener::try_from(l).unwrap();
+        config.listeners.insert(l.name.clone(), Arc::new(l));
+    }
+    for c in clusters {
+        let c = Cluster::try_from(c).unwrap();
+        config.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    for r in routes {
+        let r = RouteConfig::try_from(r).unwrap();
+        config.routes.insert(r.name.clone(), Arc::new(r));
+    }
+    config
+}
