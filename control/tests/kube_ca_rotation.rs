@@ -10,9 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use common::call;
-use mesh_control::config::Config;
 use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -79,20 +77,7 @@ async fn a_rotated_root_reaches_new_handshakes_on_the_tls_port_while_an_open_xds
  {
     mesh_control::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::parse_from([
-        "meshd",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--http-addr",
-        "127.0.0.1:0",
-        "--ca-addr",
-        "127.0.0.1:0",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--debounce",
-        "10ms",
-    ]);
-    let meshd = mesh_control::server::start(&config).await.unwrap();
+    let meshd = common::start_meshd(dir.path()).await;
     let (status, body) = call(meshd.http_addr, "POST", "/apis/v1/apply", &entry("first")).await;
     assert_eq!(status, 200, "{body}");
     let ca_dir = dir.path().join("ca");

@@ -4,9 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use common::call;
-use mesh_control::config::Config;
 use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
@@ -35,20 +33,7 @@ spec: {address: 127.0.0.1, labels: {app: backend}, ports: {http: 9001}}
 
 async fn start() -> (tempfile::TempDir, mesh_control::server::Running) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::parse_from([
-        "meshd",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--http-addr",
-        "127.0.0.1:0",
-        "--ca-addr",
-        "127.0.0.1:0",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--debounce",
-        "10ms",
-    ]);
-    let running = mesh_control::server::start(&config).await.unwrap();
+    let running = common::start_meshd(dir.path()).await;
     let (status, body) = call(running.http_addr, "POST", "/apis/v1/apply", CONFIG).await;
     assert_eq!(status, 200, "{body}");
     wait_services(running.http_addr, 1).await;

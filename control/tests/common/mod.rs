@@ -27,3 +27,23 @@ pub async fn call(
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, value)
 }
+
+/// Starts meshd in-process with its data (store, CA) in `dir`, every port
+/// on 127.0.0.1:0, and a 10 ms debounce.
+pub async fn start_meshd(dir: &std::path::Path) -> mesh_control::server::Running {
+    use clap::Parser;
+    let config = mesh_control::config::Config::parse_from([
+        "meshd",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--ca-addr",
+        "127.0.0.1:0",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--debounce",
+        "10ms",
+    ]);
+    mesh_control::server::start(&config).await.unwrap()
+}
