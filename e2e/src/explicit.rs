@@ -87,6 +87,9 @@ pub struct ExplicitWorkload {
     /// Upstream URLs the demo app calls on each request
     /// (`http://reviews:9080/...`), through its sidecar.
     pub upstreams: Vec<String>,
+    /// `region/zone/subzone` the sidecar reports as its `node.locality`
+    /// (`--locality`); `None` for none.
+    pub locality: Option<String>,
 }
 
 impl ExplicitWorkload {
@@ -98,6 +101,7 @@ impl ExplicitWorkload {
             service: Some(service.into()),
             version: version.into(),
             upstreams: Vec::new(),
+            locality: None,
         }
     }
 }
@@ -323,6 +327,9 @@ impl ExplicitMesh {
             "--join-token".into(),
             self.token(&w.service_account)?,
         ];
+        if let Some(locality) = &w.locality {
+            argv.extend(["--locality".into(), locality.clone()]);
+        }
         if let Some(svc) = &w.service {
             argv.extend([
                 "--service-name".into(),

@@ -17,113 +17,27 @@ use std::process::Command;
 use std::time::Duration;
 
 use mesh_e2e::demo::Reply;
-use mesh_e2e::explicit::{ExplicitMesh, Ports, SERVICE_PORT, free_port};
+use mesh_e2e::explicit::{ExplicitMesh, ExplicitWorkload, Ports};
 use mesh_e2e::mesh::poll;
 
-/// A single-use join token for service account `sa` from meshd's CA.
-fn token(mesh: &ExplicitMesh, sa: &str) -> String {
-    let out = Command::new(mesh.bin("mesh-ca").unwrap())
-        .args(["token", "create", "--single-use", "--dir"])
-        .arg(mesh.work_dir().join("meshd").join("ca"))
-        .args([
-            "--spiffe-id",
-            &format!("spiffe://cluster.local/ns/default/sa/{sa}"),
-        ])
-        .output()
-        .expect("mesh-ca token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// An explicit-mode sidecar in `locality` (what `ExplicitMesh::workload`
-/// starts, plus `--locality`), serving `reviews` with a demo app reporting
-/// `version` when `serves` is true. Returns its ports.
+/// An explicit-mode sidecar in `locality`: serving `reviews` with a demo
+/// app reporting `name` as its version when `serves`, else a client.
 fn sidecar(mesh: &mut ExplicitMesh, name: &str, locality: &str, serves: bool) -> Ports {
-    let p = Ports {
-        app: free_port().unwrap(),
-        inbound: free_port().unwrap(),
-        outbound: free_port().unwrap(),
-        admin: free_port().unwrap(),
-        health: free_port().unwrap(),
-        prometheus: free_port().unwrap(),
-        status: free_port().unwrap(),
-    };
-    let (service, sa) = if serves {
-        ("reviews", "reviews")
+    let base = if serves {
+        ExplicitWorkload::server(name, "reviews", name)
     } else {
-        ("productpage", "productpage")
+        ExplicitWorkload {
+            name: name.into(),
+            service_account: "productpage".into(),
+            version: name.into(),
+            ..ExplicitWorkload::default()
+        }
     };
-    let root = mesh
-        .work_dir()
-        .join("meshd")
-        .join("ca")
-        .join("root-cert.pem");
-    let mut argv: Vec<String> = vec![
-        mesh.bin("mesh-proxy").unwrap(),
-        "run".into(),
-        "--xds-address".into(),
-        mesh.xds.clone(),
-        "--interception-mode".into(),
-        "NONE".into(),
-        "--outbound-port".into(),
-        p.outbound.to_string(),
-        "--inbound-port".into(),
-        p.inbound.to_string(),
-        "--app-port".into(),
-        p.app.to_string(),
-        "--namespace".into(),
-        "default".into(),
-        "--service-account".into(),
-        sa.into(),
-        "--workload-name".into(),
-        name.into(),
-        "--labels".into(),
-        format!("app={service},version={name}"),
-        "--instance-ip".into(),
-        "127.0.0.1".into(),
-        "--ca-address".into(),
-        mesh.ca.clone(),
-        "--ca-root-cert".into(),
-        root.to_string_lossy().into(),
-        "--join-token".into(),
-        token(mesh, sa),
-        "--locality".into(),
-        locality.into(),
-    ];
-    if serves {
-        argv.extend([
-            "--service-name".into(),
-            service.into(),
-            "--service-ports".into(),
-            format!("http:{SERVICE_PORT}"),
-        ]);
-    }
-    let env = [
-        ("ADMIN_PORT", p.admin.to_string()),
-        ("HEALTH_PORT", p.health.to_string()),
-        ("PROMETHEUS_PORT", p.prometheus.to_string()),
-        ("STATUS_PORT", p.status.to_string()),
-    ];
-    mesh.spawn(&format!("{name}-proxy"), &argv, &env)
-        .unwrap_or_else(|e| panic!("{e}"));
-    if serves {
-        let app = [
-            mesh.bin("mesh-demo-app").unwrap(),
-            "--service".into(),
-            service.into(),
-            "--service-version".into(),
-            name.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", p.app),
-        ];
-        mesh.spawn(&format!("{name}-app"), &app, &[])
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    p
+    mesh.workload(ExplicitWorkload {
+        locality: Some(locality.into()),
+        ..base
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One request to `reviews` through the client sidecar's outbound (HTTP
