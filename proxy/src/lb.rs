@@ -245,6 +245,24 @@ impl ClusterLb {
         opts: PickOptions,
         assignment: &LoadAssignment,
     ) -> Option<ActiveRequest> {
+        let policy = opts.policy;
+        let hashing =
+            matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev) && opts.hash.is_some();
+        // The common case, decided without building endpoint lists: one
+        // priority, every endpoint healthy, none ejected, no locality
+        // weights and no hash table. Every step below would keep all the
+        // endpoints, so the pick is over them directly.
+        let all = &assignment.endpoints;
+        if !hashing
+            && !opts.locality_weighted
+            && all.first().is_some_and(|first| {
+                all.iter()
+                    .all(|e| e.health == Health::Healthy && e.priority == first.priority)
+            })
+            && !self.outliers.any_ejected()
+        {
+            return Some(self.start(self.choose(policy, all, &mut rand::rng())));
+        }
         let mut hosts = eligible(assignment);
         if hosts.is_empty() {
             return None;
@@ -279,9 +297,6 @@ impl ClusterLb {
                 .filter(|e| e.priority == chosen)
                 .collect();
         }
-        let policy = opts.policy;
-        let hashing =
-            matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev) && opts.hash.is_some();
         if opts.locality_weighted && !hashing {
             // A locality of the priority by its weight, then an endpoint
             // inside it; without any weighted locality, the whole priority.
@@ -303,30 +318,45 @@ impl ClusterLb {
                 .map(|e| e.address),
             _ => None,
         };
-        let total: u64 = hosts.iter().map(|e| u64::from(e.weight)).sum();
+        let address = match hashed {
+            Some(address) => address,
+            None => self.choose(policy, &hosts, &mut rng),
+        };
+        Some(self.start(address))
+    }
+
+    /// An endpoint of `hosts` (not empty) by `policy`: weighted round
+    /// robin, weighted random, or least request (two random choices,
+    /// active requests weighed by endpoint weight, as Envoy does). The hash
+    /// policies land here without a key and pick at random.
+    fn choose<E: std::borrow::Borrow<Endpoint>>(
+        &self,
+        policy: LbPolicy,
+        hosts: &[E],
+        rng: &mut impl Rng,
+    ) -> SocketAddr {
+        let total: u64 = hosts.iter().map(|e| u64::from(e.borrow().weight)).sum();
         let weighted_at = |mut n: u64| {
-            for e in &hosts {
-                let w = u64::from(e.weight);
+            for e in hosts {
+                let w = u64::from(e.borrow().weight);
                 if n < w {
-                    return e.address;
+                    return e.borrow().address;
                 }
                 n -= w;
             }
-            hosts[hosts.len() - 1].address
+            hosts[hosts.len() - 1].borrow().address
         };
-        let address = match (hashed, policy) {
-            (Some(address), _) => address,
-            (None, LbPolicy::RoundRobin | LbPolicy::ClusterProvided) => {
+        match policy {
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                 let n = self.cursor.fetch_add(1, Ordering::Relaxed) as u64;
                 weighted_at(n % total.max(1))
             }
-            (None, LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev) => {
+            LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {
                 weighted_at(rng.random_range(0..total.max(1)))
             }
-            (None, LbPolicy::LeastRequest) => {
-                let a = hosts[rng.random_range(0..hosts.len())];
-                let b = hosts[rng.random_range(0..hosts.len())];
-                // Envoy weighs active requests by endpoint weight.
+            LbPolicy::LeastRequest => {
+                let a = hosts[rng.random_range(0..hosts.len())].borrow();
+                let b = hosts[rng.random_range(0..hosts.len())].borrow();
                 let load = |e: &Endpoint| {
                     (self.in_flight(e.address) as u64 + 1) * 1_000 / u64::from(e.weight.max(1))
                 };
@@ -336,10 +366,15 @@ impl ClusterLb {
                     a.address
                 }
             }
-        };
+        }
+    }
+
+    /// Counts a request to `address` in flight until the returned guard is
+    /// dropped.
+    fn start(&self, address: SocketAddr) -> ActiveRequest {
         let counter = self.counter(address);
         counter.fetch_add(1, Ordering::Relaxed);
-        Some(ActiveRequest { counter, address })
+        ActiveRequest { counter, address }
     }
 }
 
@@ -355,6 +390,10 @@ impl Balancers {
     /// The state of one cluster, created on first use.
     pub fn cluster(&self, name: &str) -> Arc<ClusterLb> {
         let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up by `&str` first: the key is copied only the first time.
+        if let Some(lb) = map.get(name) {
+            return lb.clone();
+        }
         map.entry(name.to_owned()).or_default().clone()
     }
 }
@@ -469,6 +508,34 @@ mod tests {
         let plain: Vec<_> = (0..3).map(|_| lb.admit_retry(None).unwrap()).collect();
         assert!(lb.admit_retry(None).is_none());
         drop(plain);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_all_healthy_shortcut_rotates_by_weight_and_yields_to_an_ejection() {
+        // Every endpoint healthy in one priority: picked without building
+        // endpoint lists; an ejection takes the general path at once, and
+        // its end brings the shortcut back.
+        let a = la(vec![ep(1, Health::Healthy, 2), ep(2, Health::Healthy, 1)]);
+        let lb = ClusterLb::default();
+        let ports = |n: usize| -> Vec<u16> {
+            (0..n)
+                .map(|_| lb.pick(LbPolicy::RoundRobin, &a).unwrap().address.port())
+                .collect()
+        };
+        assert_eq!(ports(6), [1, 1, 2, 1, 1, 2]);
+        let od = crate::config::OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        let second = SocketAddr::from(([10, 0, 0, 1], 2));
+        lb.outliers
+            .report(&od, 2, second, crate::outlier::TryResult::ServerError);
+        assert!(lb.outliers.any_ejected());
+        assert_eq!(ports(4), [1, 1, 1, 1]);
+        tokio::time::advance(std::time::Duration::from_secs(31)).await;
+        assert!(!lb.outliers.any_ejected());
+        assert!(ports(6).contains(&2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,19 @@ impl Outliers {
             .is_some_and(|until| until > Instant::now())
     }
 
+    /// Whether any endpoint is ejected right now (one lock for the whole
+    /// cluster; no state at all, the usual case, answers at once).
+    pub fn any_ejected(&self) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        hosts
+            .values()
+            .any(|h| h.ejected_until.is_some_and(|until| until > now))
+    }
+
     /// The endpoints ejected right now.
     pub fn ejected(&self) -> Vec<SocketAddr> {
         let now = Instant::now();

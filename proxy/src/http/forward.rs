@@ -1,6 +1,7 @@
 //! Forwarding a routed request upstream: endpoint choice, circuit
 //! breaker, path/host rewrite, header changes, timeouts and retries.
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -69,9 +70,12 @@ pub(super) async fn forward(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
+    let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
+        return text(StatusCode::BAD_REQUEST, "invalid request path\n");
+    };
     let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
     }
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         parts.headers.insert(http::header::UPGRADE, u);
@@ -118,7 +122,15 @@ pub(super) async fn forward(
     if let Some(replay) = &replay
         && !f.mirrors.is_empty()
     {
-        mirror(f, &parts, &path_and_query, host, replay, config, shared);
+        mirror(
+            f,
+            &parts,
+            path_and_query.as_str(),
+            host,
+            replay,
+            config,
+            shared,
+        );
     }
     // Peer metadata exchange: only a mesh (mTLS) destination learns who
     // calls (after the mirrors, which are never mTLS).
@@ -186,15 +198,9 @@ pub(super) async fn forward(
             }
         };
         out.upstream = Some(target);
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(target.to_string())
-            .path_and_query(path_and_query.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path\n"),
-        };
+        // Origin-form here; `send` adds the scheme and authority for the
+        // clients that want an absolute URI.
+        let uri = Uri::from(path_and_query.clone());
         let request_body = match &replay {
             Some(r) => r.body(),
             None => stream.take().unwrap_or_else(empty_body),
@@ -289,8 +295,8 @@ pub(super) async fn forward(
             return Response::from_parts(parts, body.boxed());
         }
         let (mut parts, body) = resp.into_parts();
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
+        for h in &HOP_BY_HOP {
+            parts.headers.remove(h);
         }
         out.peer = crate::peer_metadata::Received::take(&mut parts.headers);
         if let Some(cookie) = hash.set_cookie {
@@ -332,6 +338,7 @@ fn send<'a>(
         UpstreamProtocol::Downstream => downstream_h2,
     };
     if h2 && !upgrade {
+        let request = absolute(request, target);
         let target = upstream::H2Target {
             addr: target,
             opts: upstream::ConnOptions::of(cluster),
@@ -376,10 +383,24 @@ fn send<'a>(
             ))
         }
         (None, false) => {
+            let request = absolute(request, target);
             let client = shared.upstreams.client(cluster, downstream_h2);
             Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
         }
     }
+}
+
+/// `request` (origin-form) with the `http` scheme and `target` as its
+/// authority: the pooled clients key their connections by it, and HTTP/2
+/// sends it as `:scheme` / `:authority`.
+fn absolute(request: Request<ProxyBody>, target: std::net::SocketAddr) -> Request<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Authority::try_from(target.to_string()).ok();
+    // Both parts are set and valid: the conversion cannot fail.
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    Request::from_parts(parts, body)
 }
 
 /// Feeds one try's result to the cluster's outlier detection.

@@ -119,6 +119,25 @@ async fn connect_tcp(
     Ok(tcp)
 }
 
+/// Idle mTLS connections by cluster, then endpoint (two levels, so that a
+/// request finds its list by the borrowed cluster name, without copying it).
+type IdleMtls = HashMap<String, HashMap<std::net::SocketAddr, Vec<Pooled>>>;
+
+/// The idle list of `cluster`'s endpoint `target`, created empty.
+fn idle_list<'a>(
+    pool: &'a mut IdleMtls,
+    cluster: &str,
+    target: std::net::SocketAddr,
+) -> &'a mut Vec<Pooled> {
+    if !pool.contains_key(cluster) {
+        pool.insert(cluster.to_owned(), HashMap::new());
+    }
+    pool.get_mut(cluster)
+        .expect("the cluster's map was just inserted")
+        .entry(target)
+        .or_default()
+}
+
 /// Most idle mTLS connections kept per cluster endpoint.
 const MAX_IDLE_MTLS: usize = 32;
 
@@ -126,8 +145,9 @@ const MAX_IDLE_MTLS: usize = 32;
 /// endpoint.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<String, (Settings, HttpClient)>>,
-    mtls_idle: Mutex<HashMap<(String, std::net::SocketAddr), Vec<Pooled>>>,
+    /// By cluster name: HTTP/1.1 clients at index 0, HTTP/2 at 1.
+    clients: Mutex<[HashMap<String, (Settings, HttpClient)>; 2]>,
+    mtls_idle: Mutex<IdleMtls>,
     /// HTTP/2 connections (plain and mTLS) and pending requests.
     pub h2: H2Pool,
 }
@@ -147,13 +167,9 @@ impl Upstreams {
             http2,
             keepalive: cluster.tcp_keepalive,
         };
-        let key = if http2 {
-            format!("{}#h2", cluster.name)
-        } else {
-            cluster.name.clone()
-        };
-        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, c)) = map.get(&key)
+        let mut maps = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let map = &mut maps[usize::from(http2)];
+        if let Some((s, c)) = map.get(cluster.name.as_str())
             && *s == settings
         {
             return c.clone();
@@ -174,7 +190,7 @@ impl Upstreams {
         builder.pool_idle_timeout(settings.idle_timeout.unwrap_or(Duration::from_secs(3600)));
         builder.http2_only(http2);
         let client = builder.build(connector);
-        map.insert(key, (settings, client.clone()));
+        map.insert(cluster.name.clone(), (settings, client.clone()));
         client
     }
 }
@@ -229,11 +245,10 @@ impl Upstreams {
         tls: &crate::config::UpstreamTls,
         svid: &crate::tls::SvidReceiver,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let key = (cluster.to_owned(), target);
         let now = tokio::time::Instant::now();
         let idle = {
             let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = pool.entry(key.clone()).or_default();
+            let list = idle_list(&mut pool, cluster, target);
             list.retain(|p| !p.sender.is_closed() && opts.reusable(p.opened, p.requests, now));
             list.iter()
                 .position(|p| p.sender.is_ready())
@@ -266,7 +281,7 @@ impl Upstreams {
         // response is read.
         if opts.reusable(conn.opened, conn.requests, now) {
             let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = pool.entry(key).or_default();
+            let list = idle_list(&mut pool, cluster, target);
             if list.len() < MAX_IDLE_MTLS {
                 list.push(conn);
             }
@@ -276,6 +291,9 @@ impl Upstreams {
 }
 
 fn origin_form<B>(req: http::Request<B>) -> http::Request<B> {
+    if req.uri().scheme().is_none() && req.uri().authority().is_none() {
+        return req;
+    }
     let (mut parts, body) = req.into_parts();
     if let Some(pq) = parts.uri.path_and_query().cloned()
         && let Ok(uri) = pq.as_str().parse()
