@@ -53,6 +53,12 @@ pub struct ProxyNode {
     pub locality: Option<String>,
     /// `ISTIO_VERSION` or the user agent version, for proxy-status.
     pub version: String,
+    /// The proxy runs Istio's TCP metadata exchange (ALPN
+    /// `istio-peer-exchange`): mesh-proxy does (its user agent name). An
+    /// Envoy is not configured with Istio's exchange filter, so it neither
+    /// offers nor accepts that ALPN value (Istio's `PILOT_DISABLE_MX_ALPN`
+    /// behaviour): a preamble it did not expect would reach its app.
+    pub peer_exchange: bool,
 }
 
 impl ProxyNode {
@@ -121,6 +127,7 @@ impl ProxyNode {
             app_port: s("MESH_APP_PORT").and_then(|p| p.parse().ok()),
             locality,
             version,
+            peer_exchange: node.user_agent_name == "mesh-proxy",
         }
     }
 }

@@ -19,6 +19,8 @@ use prost::Message as _;
 
 use crate::xds::NodeIdentity;
 
+pub mod tcp;
+
 /// The header carrying the sender's node id.
 pub const ID_HEADER: &str = "x-envoy-peer-metadata-id";
 /// The header carrying the sender's node metadata (base64 protobuf Struct).
@@ -115,10 +117,9 @@ impl PeerMetadata {
         )
     }
 
-    /// The metadata as Istio's Envoy sends it: a protobuf Struct with
-    /// string fields and a `LABELS` Struct, base64-encoded (standard
-    /// alphabet, padded). Empty fields are left out.
-    pub fn encode(&self) -> String {
+    /// The metadata as a protobuf Struct, as Istio's Envoy sends it:
+    /// string fields and a `LABELS` Struct; empty fields are left out.
+    pub fn to_struct(&self) -> wkt::Struct {
         let s = |v: &str| wkt::Value {
             kind: Some(wkt::value::Kind::StringValue(v.to_owned())),
         };
@@ -145,7 +146,13 @@ impl PeerMetadata {
                 },
             );
         }
-        base64::engine::general_purpose::STANDARD.encode(wkt::Struct { fields }.encode_to_vec())
+        wkt::Struct { fields }
+    }
+
+    /// The HTTP header value: [`Self::to_struct`] base64-encoded (standard
+    /// alphabet, padded).
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.to_struct().encode_to_vec())
     }
 
     /// Decodes a peer's header value; `None` when it is not base64 of a
@@ -156,6 +163,11 @@ impl PeerMetadata {
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(value))
             .ok()?;
         let st = wkt::Struct::decode(raw.as_slice()).ok()?;
+        Some(Self::from_struct(&st))
+    }
+
+    /// The metadata a Struct carries. Fields of other types are ignored.
+    pub fn from_struct(st: &wkt::Struct) -> Self {
         let string = |k: &str| match st.fields.get(k).and_then(|v| v.kind.as_ref()) {
             Some(wkt::value::Kind::StringValue(s)) => s.clone(),
             _ => String::new(),
@@ -171,20 +183,22 @@ impl PeerMetadata {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        Some(Self {
+        Self {
             name: string("NAME"),
             namespace: string("NAMESPACE"),
             workload_name: string("WORKLOAD_NAME"),
             cluster_id: string("CLUSTER_ID"),
             service_account: string("SERVICE_ACCOUNT"),
             labels,
-        })
+        }
     }
 }
 
 /// This proxy's own metadata and the header values announcing it.
 #[derive(Debug)]
 pub struct Local {
+    /// The TCP exchange's preamble announcing the same ([`tcp::preamble`]).
+    pub preamble: Bytes,
     /// The metadata.
     pub meta: Arc<PeerMetadata>,
     /// The service this workload serves, in full
@@ -242,8 +256,10 @@ impl Exchange {
             // characters is not, and then the exchange stays off.
             return false;
         };
+        let preamble = tcp::preamble(&meta, &node.node_id());
         self.local
             .set(Local {
+                preamble,
                 service: service_fqdn(&node.service_name, &node.namespace),
                 meta: Arc::new(meta),
                 id,

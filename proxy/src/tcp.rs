@@ -1,10 +1,12 @@
 //! Opaque TCP proxying with half-close: each direction is shut down on its
-//! own when the other side finishes writing.
+//! own when the other side finishes writing. Between two sidecars over
+//! mutual TLS, Istio's TCP metadata exchange runs first when the handshake
+//! negotiated it ([`crate::peer_metadata::tcp`]).
 
 use std::net::SocketAddr;
 
 use rand::Rng;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::ConnInfo;
@@ -13,9 +15,86 @@ use tracing::{debug, info};
 use crate::config::{Discovery, ProxyConfig, TcpProxy};
 use crate::http::router::pick_cluster;
 use crate::metrics::{Side, TcpLabels};
+use crate::peer_metadata::tcp::{self as peer_tcp, PeerPreamble};
 use crate::runtime::Shared;
 
-/// Proxies one connection to the TCP proxy's cluster.
+/// The metrics and access log of one proxied connection. The connection
+/// counts as opened once the peer's metadata is known (after the metadata
+/// exchange, when there is one), as Istio reports it, or at the latest when
+/// it closes.
+struct Report<'a> {
+    shared: &'a Shared,
+    cluster: &'a str,
+    reporter: &'static str,
+    source: Side,
+    destination: Side,
+    service: String,
+    mtls: bool,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    opened: bool,
+}
+
+impl Report<'_> {
+    fn labels(&self, flag: &str) -> TcpLabels {
+        TcpLabels::new(
+            self.reporter,
+            self.source.clone(),
+            self.destination.clone(),
+            &self.service,
+            flag,
+            self.mtls,
+        )
+    }
+
+    fn open(&mut self) {
+        if !self.opened {
+            self.opened = true;
+            self.shared.metrics.tcp_opened(&self.labels("-"));
+        }
+    }
+
+    fn close(&mut self, flag: &str, upstream: Option<SocketAddr>, sent: u64, received: u64) {
+        self.open();
+        self.shared
+            .metrics
+            .tcp_closed(&self.labels(flag), sent, received);
+        info!(
+            target: "access_log",
+            protocol = "tcp",
+            response_flags = flag,
+            upstream_cluster = %self.cluster,
+            upstream_host = %upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            downstream_peer = %self.peer,
+            original_dst = %self.dst,
+            bytes_sent = sent,
+            bytes_received = received,
+            "connection"
+        );
+    }
+}
+
+/// Writes this proxy's metadata preamble on `stream` and reads the peer's.
+async fn exchange<S>(stream: &mut S, shared: &Shared) -> std::io::Result<PeerPreamble>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match shared.peer_metadata.local() {
+        Some(local) => stream.write_all(&local.preamble).await?,
+        // No node metadata: still a preamble (the peer waits for one).
+        None => {
+            let empty = peer_tcp::preamble(&crate::peer_metadata::PeerMetadata::default(), "");
+            stream.write_all(&empty).await?;
+        }
+    }
+    stream.flush().await?;
+    peer_tcp::read_preamble(stream).await
+}
+
+/// Proxies one connection to the TCP proxy's cluster. Over mutual TLS with
+/// `istio-peer-exchange` negotiated (on either side), the two sidecars
+/// exchange their metadata first, so that the TCP metrics name the peer
+/// workload as Istio's do.
 pub async fn proxy<S>(
     mut downstream: S,
     tp: &TcpProxy,
@@ -31,14 +110,13 @@ pub async fn proxy<S>(
         inbound,
         mtls,
         peer_identity,
+        peer_exchange,
     } = info;
     let (cluster_name, _) = pick_cluster(&tp.target, |total| rand::rng().random_range(0..total));
     let cluster_tls = config
         .clusters
         .get(cluster_name)
         .is_some_and(|c| c.tls.is_some());
-    // No metadata exchange over TCP (Istio's is ALPN-based): inbound, the
-    // caller is known by its verified SPIFFE ID only.
     let own = Side::own(shared);
     let (reporter, source, destination) = if inbound {
         let destination = Side {
@@ -66,34 +144,41 @@ pub async fn proxy<S>(
     {
         service.clone_from(&local.service);
     }
-    let labels = |flag: &str| {
-        TcpLabels::new(
-            reporter,
-            source.clone(),
-            destination.clone(),
-            &service,
-            flag,
-            mtls || cluster_tls,
-        )
+    let mut report = Report {
+        shared,
+        cluster: cluster_name,
+        reporter,
+        source,
+        destination,
+        service,
+        mtls: mtls || cluster_tls,
+        peer,
+        dst,
+        opened: false,
     };
-    shared.metrics.tcp_opened(&labels("-"));
-    let log = |flag: &str, upstream: Option<SocketAddr>, sent: u64, received: u64| {
-        shared.metrics.tcp_closed(&labels(flag), sent, received);
-        info!(
-            target: "access_log",
-            protocol = "tcp",
-            response_flags = flag,
-            upstream_cluster = %cluster_name,
-            upstream_host = %upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            downstream_peer = %peer,
-            original_dst = %dst,
-            bytes_sent = sent,
-            bytes_received = received,
-            "connection"
-        );
-    };
+    // Inbound, the caller's preamble comes first; bytes that turn out not
+    // to be one go upstream ahead of the rest.
+    let mut early_upstream = Vec::new();
+    if inbound && peer_exchange {
+        match exchange(&mut downstream, shared).await {
+            Ok(PeerPreamble::Metadata(Some(meta))) => {
+                report.source = Side::of(&meta, peer_identity.as_deref().unwrap_or("unknown"));
+            }
+            Ok(PeerPreamble::Metadata(None)) => {}
+            Ok(PeerPreamble::Absent(bytes)) => early_upstream = bytes,
+            Err(error) => {
+                debug!(%error, "TCP metadata exchange with the downstream peer failed");
+                report.close("UC", None, 0, 0);
+                return;
+            }
+        }
+    }
+    let expects_exchange = !inbound && cluster_tls;
+    if !expects_exchange {
+        report.open();
+    }
     let Some(cluster) = config.clusters.get(cluster_name) else {
-        log("NC", None, 0, 0);
+        report.close("NC", None, 0, 0);
         return;
     };
     let max_connections = cluster
@@ -105,7 +190,7 @@ pub async fn proxy<S>(
         .cluster(&cluster.name)
         .admit(max_connections)
     else {
-        log("UO", None, 0, 0);
+        report.close("UO", None, 0, 0);
         return;
     };
     let mut _active = None;
@@ -126,7 +211,7 @@ pub async fn proxy<S>(
                 }
                 // BlackHoleCluster lands here too: no endpoints, close.
                 None => {
-                    log("UH", None, 0, 0);
+                    report.close("UH", None, 0, 0);
                     return;
                 }
             }
@@ -137,36 +222,89 @@ pub async fn proxy<S>(
             Ok(Ok(s)) => s,
             Ok(Err(error)) => {
                 debug!(%error, upstream = %target, "TCP upstream connect failed");
-                log("UF", Some(target), 0, 0);
+                report.close("UF", Some(target), 0, 0);
                 return;
             }
             Err(_) => {
-                log("UF", Some(target), 0, 0);
+                report.close("UF", Some(target), 0, 0);
                 return;
             }
         };
     let _ = upstream.set_nodelay(true);
-    // copy_bidirectional shuts down each write half when the matching read
-    // half reaches EOF, which is exactly TCP half-close.
     let copied = match &cluster.tls {
-        Some(tls) => match crate::tls::connect(upstream, &shared.svid, tls).await {
-            Ok(mut upstream) => tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await,
-            Err(error) => {
-                debug!(%error, upstream = %target, "mTLS to upstream failed");
-                log("UF", Some(target), 0, 0);
-                return;
+        Some(tls) => {
+            let mut upstream = match crate::tls::connect(upstream, &shared.svid, tls).await {
+                Ok(s) => s,
+                Err(error) => {
+                    debug!(%error, upstream = %target, "mTLS to upstream failed");
+                    report.close("UF", Some(target), 0, 0);
+                    return;
+                }
+            };
+            // Outbound, the upstream sidecar's preamble: its bytes, if not
+            // one, go downstream ahead of the rest.
+            let mut early_downstream = Vec::new();
+            if upstream.get_ref().1.alpn_protocol() == Some(peer_tcp::ALPN) {
+                match exchange(&mut upstream, shared).await {
+                    Ok(PeerPreamble::Metadata(Some(meta))) => {
+                        let td = crate::peer_metadata::trust_domain(&shared.workload.principal);
+                        report.destination = Side::of(&meta, &meta.principal(td));
+                    }
+                    Ok(PeerPreamble::Metadata(None)) => {}
+                    Ok(PeerPreamble::Absent(bytes)) => early_downstream = bytes,
+                    Err(error) => {
+                        debug!(%error, upstream = %target, "TCP metadata exchange with the upstream peer failed");
+                        report.close("UC", Some(target), 0, 0);
+                        return;
+                    }
+                }
             }
-        },
+            report.open();
+            splice(
+                &mut downstream,
+                &mut upstream,
+                &early_upstream,
+                &early_downstream,
+            )
+            .await
+        }
         None => {
             let mut upstream = upstream;
-            tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+            splice(&mut downstream, &mut upstream, &early_upstream, &[]).await
         }
     };
     match copied {
-        Ok((up, down)) => log("-", Some(target), down, up),
+        Ok((up, down)) => report.close("-", Some(target), down, up),
         Err(error) => {
             debug!(%error, "TCP proxy connection ended with an error");
-            log("UC", Some(target), 0, 0);
+            report.close("UC", Some(target), 0, 0);
         }
     }
+}
+
+/// Copies both ways until both sides are done, after writing bytes already
+/// read from either side to the other. `copy_bidirectional` shuts down each
+/// write half when the matching read half reaches EOF, which is exactly TCP
+/// half-close. Returns the bytes sent upstream and downstream.
+async fn splice<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    early_upstream: &[u8],
+    early_downstream: &[u8],
+) -> std::io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if !early_upstream.is_empty() {
+        upstream.write_all(early_upstream).await?;
+    }
+    if !early_downstream.is_empty() {
+        downstream.write_all(early_downstream).await?;
+    }
+    let (up, down) = tokio::io::copy_bidirectional(downstream, upstream).await?;
+    Ok((
+        up + early_upstream.len() as u64,
+        down + early_downstream.len() as u64,
+    ))
 }

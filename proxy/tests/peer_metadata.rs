@@ -599,3 +599,194 @@ async fn inbound_tcp_connections_report_the_service_the_workload_serves() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Two sidecars proxying TCP over mutual TLS with `istio-peer-exchange`
+/// negotiated: a client sidecar (outbound TCP listener, cluster over mTLS
+/// offering the exchange) and a server sidecar (inbound TLS chain
+/// accepting it, TCP to `app`). Returns the client sidecar's address and
+/// both sidecars' state.
+async fn two_tcp_sidecars(app: SocketAddr) -> (SocketAddr, Arc<Shared>, Arc<Shared>) {
+    mesh_proxy::install_crypto_provider();
+    let ca = TestCa::new();
+    let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = server_l.local_addr().unwrap();
+    let mut inbound = chain("inbound|3306||", None, tcp_filter("inbound|3306||"));
+    inbound.filter_chain_match = Some(xl::FilterChainMatch {
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    });
+    inbound.transport_socket = Some(xc::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
+            &xt::DownstreamTlsContext {
+                common_tls_context: Some(common_tls(
+                    None,
+                    &["istio-peer-exchange", "h2", "http/1.1"],
+                )),
+                require_client_certificate: Some(wkt::BoolValue { value: true }),
+                ..Default::default()
+            },
+        ))),
+    });
+    let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
+    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let server_cfg = proxy_config(
+        vec![in_l],
+        vec![static_cluster("inbound|3306||", &[app])],
+        vec![],
+    );
+    let server_shared = serve(
+        server_l,
+        "virtualInbound",
+        server_cfg,
+        ca.svid_rx(SERVER_ID),
+        &NodeIdentity {
+            service_name: "reviews".into(),
+            ..node(
+                "shop",
+                "reviews-v2",
+                &[("app", "reviews"), ("version", "v2")],
+            )
+        },
+        SERVER_ID,
+    );
+    let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = client_l.local_addr().unwrap();
+    let cluster = "outbound|3306||reviews.shop.svc.cluster.local";
+    let out_l = listener(
+        "out",
+        client,
+        false,
+        vec![chain("out", None, tcp_filter(cluster))],
+        None,
+    );
+    let client_cfg = proxy_config(
+        vec![out_l],
+        vec![mtls(
+            static_cluster(cluster, &[server]),
+            SERVER_ID,
+            &["istio-peer-exchange", "istio"],
+        )],
+        vec![],
+    );
+    let client_shared = serve(
+        client_l,
+        "out",
+        client_cfg,
+        ca.svid_rx(CLIENT_ID),
+        &node(
+            "default",
+            "productpage-v1",
+            &[("app", "productpage"), ("version", "v1")],
+        ),
+        CLIENT_ID,
+    );
+    (client, client_shared, server_shared)
+}
+
+/// The `istio_tcp_connections_closed_total` line of `shared`, once there.
+async fn tcp_closed_line(shared: &Shared) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = shared.metrics.encode();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_closed_total{"))
+        {
+            return line.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn tcp_sidecars_exchange_metadata_in_band_and_the_apps_see_only_their_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A client-first app: reads until the caller half-closes, answers with
+    // what it read, reversed.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got.reverse();
+        s.write_all(&got).await.unwrap();
+    });
+    let (client, client_shared, server_shared) = two_tcp_sidecars(app).await;
+    let mut c = tokio::net::TcpStream::connect(client).await.unwrap();
+    c.write_all(b"0123456789").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"9876543210", "no preamble byte reached either app");
+    let client_line = tcp_closed_line(&client_shared).await;
+    for part in [
+        "reporter=\"source\"",
+        "source_workload=\"productpage-v1\"",
+        "destination_workload=\"reviews-v2\"",
+        "destination_workload_namespace=\"shop\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v2\"",
+        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(
+            client_line.contains(part),
+            "{part} missing in {client_line}"
+        );
+    }
+    let server_line = tcp_closed_line(&server_shared).await;
+    for part in [
+        "reporter=\"destination\"",
+        "source_workload=\"productpage-v1\"",
+        "source_workload_namespace=\"default\"",
+        "source_app=\"productpage\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"",
+        "destination_workload=\"reviews-v2\"",
+        "destination_service=\"reviews.shop.svc.cluster.local\"",
+    ] {
+        assert!(
+            server_line.contains(part),
+            "{part} missing in {server_line}"
+        );
+    }
+    // Bytes count the apps' data only, not the preambles.
+    let sent = server_shared
+        .metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_received_bytes_total{"))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(sent.ends_with(" 10"), "{sent}");
+}
+
+#[tokio::test]
+async fn a_server_first_protocol_speaks_first_through_the_exchange() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server-first app (like MySQL): it greets, then waits for the
+    // caller. Neither sidecar may wait for the caller's first bytes.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        s.write_all(b"hello\n").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    });
+    let (client, _client_shared, _server_shared) = two_tcp_sidecars(app).await;
+    let mut c = tokio::net::TcpStream::connect(client).await.unwrap();
+    let mut greeting = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut greeting))
+        .await
+        .expect("the greeting arrives without the caller writing first")
+        .unwrap();
+    assert_eq!(&greeting, b"hello\n");
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}

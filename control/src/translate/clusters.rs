@@ -59,7 +59,8 @@ pub fn clusters(ctx: &Context<'_>) -> (BTreeMap<String, Generated>, Vec<EdsClust
             }
             for (subset, policy, labels) in variants {
                 let name = naming::outbound_cluster_name(port.number, subset, &svc.host);
-                let mut cluster = outbound_cluster(&name, svc, port, subset, policy);
+                let mut cluster =
+                    outbound_cluster(&name, svc, port, subset, policy, ctx.proxy.peer_exchange);
                 let locality = locality_mode(&cluster, port, policy);
                 if locality.as_ref().is_some_and(LocalityMode::weighted) {
                     // `distribute`: the proxy picks a locality by weight first.
@@ -170,6 +171,7 @@ fn outbound_cluster(
     port: &ServicePort,
     subset: Option<&str>,
     policy: Option<&TrafficPolicy>,
+    peer_exchange: bool,
 ) -> Cluster {
     // Port-level settings override the policy's own, field by field.
     let port_level = policy.and_then(|p| {
@@ -237,8 +239,11 @@ fn outbound_cluster(
             .typed_extension_protocol_options
             .insert(HTTP_OPTIONS.into(), pack(&o).any);
     }
-    cluster.transport_socket =
-        transport_socket(svc, port, subset, tls, upstream == UpstreamHttp::Http2);
+    let alpn = Alpn {
+        http2: upstream == UpstreamHttp::Http2,
+        peer_exchange,
+    };
+    cluster.transport_socket = transport_socket(svc, port, subset, tls, alpn);
     cluster
 }
 
@@ -330,10 +335,24 @@ fn outlier_detection(o: &IstioOutlier) -> OutlierDetection {
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// ALPN of an Istio-mutual cluster (Istio's `ALPNInMeshWithMxc`): the
-/// `istio` value marks in-mesh traffic.
+/// `istio` value marks in-mesh traffic, `istio-peer-exchange` offers the
+/// TCP metadata exchange.
 const ALPN_IN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
 /// ALPN of an Istio-mutual HTTP/2 cluster (Istio's `ALPNInMeshH2WithMxc`).
 const ALPN_IN_MESH_H2: [&str; 3] = ["istio-peer-exchange", "istio", "h2"];
+/// The same for a proxy without the metadata exchange (an Envoy: Istio's
+/// `ALPNInMesh` / `ALPNInMeshH2`).
+const ALPN_IN_MESH_NO_MX: [&str; 1] = ["istio"];
+const ALPN_IN_MESH_H2_NO_MX: [&str; 2] = ["istio", "h2"];
+
+/// What decides an Istio-mutual cluster's ALPN list.
+#[derive(Debug, Clone, Copy)]
+struct Alpn {
+    /// The cluster speaks HTTP/2 upstream.
+    http2: bool,
+    /// The proxy runs the TCP metadata exchange.
+    peer_exchange: bool,
+}
 
 /// The HTTP version a cluster speaks upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,13 +453,13 @@ fn transport_socket(
     port: &ServicePort,
     subset: Option<&str>,
     tls: Option<&ClientTlsSettings>,
-    http2: bool,
+    alpn: Alpn,
 ) -> Option<TransportSocket> {
     let mode = tls.and_then(|t| t.mode);
     let auto =
         !svc.external && !svc.endpoints.is_empty() && svc.endpoints.iter().all(|e| e.is_mesh());
     let ctx = match mode {
-        Some(ClientTlsMode::IstioMutual) => istio_mutual(svc, port, subset, http2),
+        Some(ClientTlsMode::IstioMutual) => istio_mutual(svc, port, subset, alpn),
         Some(ClientTlsMode::Simple) => UpstreamTlsContext {
             sni: tls
                 .and_then(|t| t.sni.clone())
@@ -448,7 +467,7 @@ fn transport_socket(
             ..Default::default()
         },
         Some(ClientTlsMode::Disable) => return None,
-        _ if auto => istio_mutual(svc, port, subset, http2),
+        _ if auto => istio_mutual(svc, port, subset, alpn),
         _ => return None,
     };
     Some(TransportSocket {
@@ -463,12 +482,13 @@ fn istio_mutual(
     svc: &Service,
     port: &ServicePort,
     subset: Option<&str>,
-    http2: bool,
+    alpn: Alpn,
 ) -> UpstreamTlsContext {
-    let alpn: &[&str] = if http2 {
-        &ALPN_IN_MESH_H2
-    } else {
-        &ALPN_IN_MESH
+    let alpn: &[&str] = match (alpn.http2, alpn.peer_exchange) {
+        (true, true) => &ALPN_IN_MESH_H2,
+        (false, true) => &ALPN_IN_MESH,
+        (true, false) => &ALPN_IN_MESH_H2_NO_MX,
+        (false, false) => &ALPN_IN_MESH_NO_MX,
     };
     let mut accounts: Vec<String> = svc
         .endpoints
@@ -765,6 +785,27 @@ spec:
   - {name: v1, labels: {version: v1}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, connectionPool: {http: {useClientProtocol: true}}}}
   - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
 ";
+
+    #[tokio::test]
+    async fn an_envoy_is_not_offered_the_tcp_metadata_exchange() {
+        // An Envoy has no exchange filter from meshd: `istio-peer-exchange`
+        // would let a mesh-proxy server send it a preamble its app sees.
+        let snap = snapshot(H2).await;
+        let envoy = crate::node::ProxyNode {
+            peer_exchange: false,
+            ..proxy()
+        };
+        let cfg = generate(&snap, &envoy);
+        let host = "backend.default.svc.cluster.local";
+        assert_eq!(
+            alpn(&cluster(&cfg, &format!("outbound|80||{host}"))),
+            ["istio", "h2"]
+        );
+        assert_eq!(
+            alpn(&cluster(&cfg, &format!("outbound|3306||{host}"))),
+            ["istio"]
+        );
+    }
 
     #[tokio::test]
     async fn h2_upgrade_policy_makes_http_clusters_speak_h2_and_offer_h2_alpn() {

@@ -273,14 +273,20 @@ fn outbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
 /// verified against the trust bundle (`ROOTCA`), a client certificate
 /// required. Like the upstream side, secrets are referenced by name only:
 /// an Envoy gets them from its bootstrap, mesh-proxy from its CA client.
-fn istio_mutual_server() -> TransportSocket {
+/// A TCP chain of a proxy that runs the TCP metadata exchange also accepts
+/// `istio-peer-exchange` (Istio's inbound TCP chains list it first).
+fn istio_mutual_server(peer_exchange: bool) -> TransportSocket {
+    let mut alpn_protocols = vec!["h2".to_owned(), "http/1.1".to_owned()];
+    if peer_exchange {
+        alpn_protocols.insert(0, "istio-peer-exchange".to_owned());
+    }
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
                 name: "default".into(),
                 ..Default::default()
             }],
-            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            alpn_protocols,
             validation_context_type: Some(
                 common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
                     SdsSecretConfig {
@@ -304,13 +310,16 @@ fn istio_mutual_server() -> TransportSocket {
 /// STRICT accepts only TLS (plain text falls to the default chain, which
 /// drops it), PERMISSIVE a TLS and a plain-text twin told apart by the TLS
 /// inspector, DISABLE only plain text. `port` is the destination port to
-/// match (none on a listener that serves one port).
+/// match (none on a listener that serves one port). `peer_exchange`: the
+/// TLS chain of a TCP port accepts the TCP metadata exchange.
 fn inbound_chains(
     name: &str,
     port: Option<u32>,
     filter: Filter,
     mode: MtlsMode,
+    peer_exchange: bool,
 ) -> Vec<FilterChain> {
+    let peer_exchange = peer_exchange && filter.name == "envoy.filters.network.tcp_proxy";
     let chain = |transport: Option<&str>, tls: bool| FilterChain {
         name: name.to_string(),
         filter_chain_match: Some(FilterChainMatch {
@@ -319,7 +328,7 @@ fn inbound_chains(
             ..Default::default()
         }),
         filters: vec![filter.clone()],
-        transport_socket: tls.then(istio_mutual_server),
+        transport_socket: tls.then(|| istio_mutual_server(peer_exchange)),
         ..Default::default()
     };
     match mode {
@@ -387,7 +396,13 @@ fn explicit_inbound(ctx: &Context<'_>, ei: &ExplicitInbound) -> Listener {
         address: Some(socket_address(ctx.proxy.primary_ip(), ei.inbound_port)),
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: inspectors(),
-        filter_chains: inbound_chains(&name, None, inbound_filter(&ei.protocol, ei.port), mode),
+        filter_chains: inbound_chains(
+            &name,
+            None,
+            inbound_filter(&ei.protocol, ei.port),
+            mode,
+            ctx.proxy.peer_exchange,
+        ),
         default_filter_chain: Some(blackhole_chain()),
         ..Default::default()
     }
@@ -399,7 +414,13 @@ fn inbound(ctx: &Context<'_>, tproxy: bool) -> Listener {
         let name = naming::inbound_cluster_name(*port);
         let filter = inbound_filter(proto, *port);
         let mode = super::peer_auth::inbound_mode(&ctx.snapshot.config, ctx.proxy, *port);
-        chains.extend(inbound_chains(&name, Some(*port), filter, mode));
+        chains.extend(inbound_chains(
+            &name,
+            Some(*port),
+            filter,
+            mode,
+            ctx.proxy.peer_exchange,
+        ));
     }
     Listener {
         name: VIRTUAL_INBOUND_LISTENER.into(),
@@ -579,6 +600,56 @@ spec: {mtls: {mode: DISABLE}}
         assert_eq!(
             transports(&inbound_chains(disable).await),
             [(String::new(), false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn inbound_tcp_chains_of_a_mesh_proxy_accept_the_tcp_metadata_exchange() {
+        let snap = snapshot(YAML).await;
+        let alpn_of = |p: &crate::node::ProxyNode| {
+            let cfg = generate(&snap, p);
+            let chains =
+                Listener::decode(cfg[LISTENER_TYPE]["virtualInbound"].any.value.as_slice())
+                    .unwrap()
+                    .filter_chains;
+            chains
+                .iter()
+                .filter_map(|c| {
+                    let Some(transport_socket::ConfigType::TypedConfig(any)) =
+                        &c.transport_socket.as_ref()?.config_type
+                    else {
+                        return None;
+                    };
+                    let tls = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+                    Some((c.name.clone(), tls.common_tls_context?.alpn_protocols))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut p = proxy();
+        p.service_ports = vec![("http".into(), 9080), ("tcp".into(), 3306)];
+        assert_eq!(
+            alpn_of(&p),
+            [
+                (
+                    "inbound|9080||".to_string(),
+                    vec!["h2".to_string(), "http/1.1".into()]
+                ),
+                (
+                    "inbound|3306||".to_string(),
+                    vec![
+                        "istio-peer-exchange".to_string(),
+                        "h2".into(),
+                        "http/1.1".into()
+                    ]
+                ),
+            ]
+        );
+        // An Envoy (no exchange filter) never accepts it.
+        p.peer_exchange = false;
+        assert!(
+            alpn_of(&p)
+                .iter()
+                .all(|(_, alpn)| alpn == &["h2", "http/1.1"])
         );
     }
 

@@ -308,9 +308,12 @@ pub(crate) mod test_support {
         })
     }
 
-    /// A sidecar proxy in `default`.
+    /// A mesh-proxy sidecar in `default`.
     pub fn proxy() -> ProxyNode {
-        ProxyNode::from_node(&Default::default())
+        ProxyNode::from_node(&mesh_proto::envoy::pb::envoy::config::core::v3::Node {
+            user_agent_name: "mesh-proxy".into(),
+            ..Default::default()
+        })
     }
 
     #[tokio::test]

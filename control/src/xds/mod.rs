@@ -319,10 +319,12 @@ impl AggregatedDiscoveryService for AdsService {
 }
 
 /// The identity fields translation reads (see [`crate::translate`]); the
-/// locality because EDS priorities and weights are relative to it.
+/// locality because EDS priorities and weights are relative to it; whether
+/// the proxy runs the TCP metadata exchange because the ALPN values offered
+/// and accepted follow it.
 fn class_key(p: &ProxyNode) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
         p.namespace,
         p.locality,
         p.labels,
@@ -330,7 +332,8 @@ fn class_key(p: &ProxyNode) -> String {
         p.outbound_port,
         p.service_ports,
         p.explicit_inbound()
-            .map(|e| (p.primary_ip().to_owned(), e.inbound_port, e.app_port))
+            .map(|e| (p.primary_ip().to_owned(), e.inbound_port, e.app_port)),
+        p.peer_exchange
     )
 }
 

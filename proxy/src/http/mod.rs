@@ -59,6 +59,10 @@ pub struct ConnInfo {
     pub mtls: bool,
     /// The client's SPIFFE ID, from its certificate (inbound mTLS).
     pub peer_identity: Option<String>,
+    /// The TLS handshake negotiated `istio-peer-exchange`: the stream
+    /// starts with the TCP metadata exchange
+    /// ([`crate::peer_metadata::tcp`]).
+    pub peer_exchange: bool,
 }
 
 /// Sets `x-forwarded-client-cert` on an inbound request as Istio's sidecars

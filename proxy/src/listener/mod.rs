@@ -169,12 +169,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, name: String, shared: Arc<S
         inbound: listener.inbound,
         mtls: chain.tls.is_some(),
         peer_identity: None,
+        peer_exchange: false,
     };
     match &chain.tls {
         Some(tls) => match crate::tls::accept(stream, &shared.svid, tls).await {
             Ok((stream, peer_id)) => {
                 debug!(listener = %name, peer = ?peer_id, "mTLS accepted");
                 info.peer_identity = peer_id;
+                info.peer_exchange =
+                    stream.get_ref().1.alpn_protocol() == Some(crate::peer_metadata::tcp::ALPN);
                 serve_chain(stream, chain, &config, &shared, info).await;
             }
             Err(error) => {
