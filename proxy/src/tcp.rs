@@ -233,14 +233,17 @@ pub async fn proxy<S>(
     let _ = upstream.set_nodelay(true);
     let copied = match &cluster.tls {
         Some(tls) => {
-            let mut upstream = match crate::tls::connect(upstream, &shared.svid, tls).await {
-                Ok(s) => s,
-                Err(error) => {
-                    debug!(%error, upstream = %target, "mTLS to upstream failed");
-                    report.close("UF", Some(target), 0, 0);
-                    return;
-                }
-            };
+            let mut upstream =
+                match crate::tls::connect(upstream, &shared.svid, tls, crate::tls::Carrying::Tcp)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(error) => {
+                        debug!(%error, upstream = %target, "mTLS to upstream failed");
+                        report.close("UF", Some(target), 0, 0);
+                        return;
+                    }
+                };
             // Outbound, the upstream sidecar's preamble: its bytes, if not
             // one, go downstream ahead of the rest.
             let mut early_downstream = Vec::new();

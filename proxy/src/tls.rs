@@ -190,8 +190,28 @@ impl ServerCertVerifier for SpiffeVerifier {
     }
 }
 
+/// What the upstream connection carries, for its ALPN list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrying {
+    /// Opaque TCP: the cluster's ALPN list as is (it may offer the TCP
+    /// metadata exchange, `istio-peer-exchange`).
+    Tcp,
+    /// HTTP: the cluster's list without `istio-peer-exchange`, as Istio's
+    /// `istio.alpn` filter does for HTTP upstream connections (the exchange
+    /// is in-band on TCP only; HTTP carries it in headers).
+    Http,
+}
+
 /// Client config for a cluster's mTLS origination.
 pub fn client_config(svid: &Svid, tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_for(svid, tls, Carrying::Tcp)
+}
+
+fn client_config_for(
+    svid: &Svid,
+    tls: &UpstreamTls,
+    carrying: Carrying,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = SpiffeVerifier {
         roots: roots(svid)?,
@@ -205,8 +225,18 @@ pub fn client_config(svid: &Svid, tls: &UpstreamTls) -> Result<Arc<ClientConfig>
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(svid.chain.clone(), svid.key.clone_key())
         .map_err(TlsError::Config)?;
-    cfg.alpn_protocols = tls.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    cfg.alpn_protocols = alpn_offered(&tls.alpn, carrying);
     Ok(Arc::new(cfg))
+}
+
+/// The ALPN values an upstream connection offers: the cluster's, less the
+/// TCP metadata exchange on a connection carrying HTTP.
+fn alpn_offered(cluster: &[String], carrying: Carrying) -> Vec<Vec<u8>> {
+    cluster
+        .iter()
+        .filter(|a| carrying == Carrying::Tcp || a.as_bytes() != crate::peer_metadata::tcp::ALPN)
+        .map(|a| a.as_bytes().to_vec())
+        .collect()
 }
 
 /// Terminates TLS on an inbound connection. Returns the stream and the
@@ -248,12 +278,13 @@ pub async fn connect<S>(
     stream: S,
     rx: &SvidReceiver,
     tls: &UpstreamTls,
+    carrying: Carrying,
 ) -> Result<tokio_rustls::client::TlsStream<S>, TlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let svid = current(rx)?;
-    let cfg = client_config(&svid, tls)?;
+    let cfg = client_config_for(&svid, tls, carrying)?;
     // Istio's SNI (`outbound_.9080_._.host`) is not always a valid DNS name
     // for rustls; the verifier ignores the name anyway.
     let name = ServerName::try_from(tls.sni.clone()).unwrap_or_else(|_| {
@@ -264,4 +295,19 @@ where
         .connect(name, stream)
         .await
         .map_err(TlsError::Handshake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Carrying, alpn_offered};
+
+    #[test]
+    fn http_connections_do_not_offer_the_tcp_metadata_exchange() {
+        let cluster = ["istio-peer-exchange".to_owned(), "istio".to_owned()];
+        assert_eq!(
+            alpn_offered(&cluster, Carrying::Tcp),
+            [b"istio-peer-exchange".to_vec(), b"istio".to_vec()]
+        );
+        assert_eq!(alpn_offered(&cluster, Carrying::Http), [b"istio".to_vec()]);
+    }
 }
