@@ -416,8 +416,19 @@ impl NetnsMesh {
     }
 
     /// Writes the interception rules in `pod` and starts its sidecar as
-    /// uid 1337, registered as `w`.
+    /// uid 1337, registered as `w` (a service on `http:9080`).
     pub fn sidecar(&mut self, pod: &Pod, w: Workload<'_>) -> Result<u32, MeshError> {
+        self.sidecar_serving(pod, w, "http:9080")
+    }
+
+    /// [`NetnsMesh::sidecar`] for a service on `ports`
+    /// (`MESH_SERVICE_PORTS` syntax, e.g. `tcp:9000`).
+    pub fn sidecar_serving(
+        &mut self,
+        pod: &Pod,
+        w: Workload<'_>,
+        ports: &str,
+    ) -> Result<u32, MeshError> {
         let proxy = self.bins.path("mesh-proxy")?;
         self.node.exec(&pod.netns, &[&proxy, "init"])?;
         let root = self.ca_dir.join("root-cert.pem");
@@ -448,7 +459,7 @@ impl NetnsMesh {
                 "--service-name".into(),
                 service.into(),
                 "--service-ports".into(),
-                "http:9080".into(),
+                ports.into(),
             ]);
         }
         if let Some(ttl) = w.svid_ttl {
