@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use local::{metric, wait_until};
 use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
-use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
@@ -27,8 +26,8 @@ use mesh_proxy::config::ProxyConfig;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use support::{
-    TestCa, any, chain, common_tls, hcm_filter, listener, proxy_config, route, route_table,
-    static_cluster,
+    TestCa, any, chain, common_tls, hcm_filter, listener, mtls_chain, proxy_config, route,
+    route_table, static_cluster,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -285,22 +284,8 @@ async fn two_sidecars() -> TwoSidecars {
     let (app, seen) = http1_app().await;
     let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_l.local_addr().unwrap();
-    let mut inbound = chain("inbound|9080||", None, hcm_filter("inbound"));
-    inbound.filter_chain_match = Some(xl::FilterChainMatch {
-        transport_protocol: "tls".into(),
-        ..Default::default()
-    });
-    inbound.transport_socket = Some(xc::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
-            &xt::DownstreamTlsContext {
-                // Istio's inbound chain: h2 and http/1.1.
-                common_tls_context: Some(common_tls(None, &["h2", "http/1.1"])),
-                require_client_certificate: Some(wkt::BoolValue { value: true }),
-                ..Default::default()
-            },
-        ))),
-    });
+    // Istio's inbound chain: h2 and http/1.1.
+    let inbound = mtls_chain("inbound|9080||", hcm_filter("inbound"), &["h2", "http/1.1"]);
     let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
     in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
     let server_cfg = proxy_config(

@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
-use mesh_proto::envoy::pb::google::protobuf as wkt;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use mesh_proxy::xds::{NodeIdentity, XdsClient, XdsClientConfig};
@@ -45,24 +44,11 @@ fn mtls_cluster(
 }
 
 fn strict_inbound(addr: SocketAddr) -> xl::Listener {
-    let mut c = chain("inbound|9080||", None, hcm_filter("in"));
-    c.filter_chain_match = Some(xl::FilterChainMatch {
-        transport_protocol: "tls".into(),
-        ..Default::default()
-    });
-    c.transport_socket = Some(xc::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
-            &xt::DownstreamTlsContext {
-                common_tls_context: Some(common_tls(
-                    None,
-                    &["istio-peer-exchange", "istio", "http/1.1"],
-                )),
-                require_client_certificate: Some(wkt::BoolValue { value: true }),
-                ..Default::default()
-            },
-        ))),
-    });
+    let c = mtls_chain(
+        "inbound|9080||",
+        hcm_filter("in"),
+        &["istio-peer-exchange", "istio", "http/1.1"],
+    );
     let mut l = listener("virtualInbound", addr, false, vec![c], None);
     l.traffic_direction = xc::TrafficDirection::Inbound as i32;
     l

@@ -526,6 +526,29 @@ pub fn common_tls(
     }
 }
 
+/// A chain named `name` running `filter` behind mutual TLS (a client
+/// certificate required), offering `alpn`, matched on the `tls` transport:
+/// a sidecar's inbound chain.
+pub fn mtls_chain(name: &str, filter: xl::Filter, alpn: &[&str]) -> xl::FilterChain {
+    use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
+    let mut c = chain(name, None, filter);
+    c.filter_chain_match = Some(xl::FilterChainMatch {
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    });
+    c.transport_socket = Some(xc::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xc::transport_socket::ConfigType::TypedConfig(any(
+            &xt::DownstreamTlsContext {
+                common_tls_context: Some(common_tls(None, alpn)),
+                require_client_certificate: Some(wkt::BoolValue { value: true }),
+                ..Default::default()
+            },
+        ))),
+    });
+    c
+}
+
 /// A proxy config of these listeners, clusters and route tables, each
 /// converted as the xDS client converts it.
 pub fn proxy_config(
