@@ -196,10 +196,10 @@ pub enum Carrying {
     /// Opaque TCP: the cluster's ALPN list as is (it may offer the TCP
     /// metadata exchange, `istio-peer-exchange`).
     Tcp,
-    /// HTTP: the cluster's list without `istio-peer-exchange`, as Istio's
-    /// `istio.alpn` filter does for HTTP upstream connections (the exchange
-    /// is in-band on TCP only; HTTP carries it in headers).
-    Http,
+    /// HTTP/1.1 requests.
+    Http1,
+    /// HTTP/2 requests.
+    Http2,
 }
 
 /// Client config for a cluster's mTLS origination.
@@ -229,14 +229,26 @@ fn client_config_for(
     Ok(Arc::new(cfg))
 }
 
-/// The ALPN values an upstream connection offers: the cluster's, less the
-/// TCP metadata exchange on a connection carrying HTTP.
+/// The ALPN values an upstream connection offers. Opaque TCP offers the
+/// cluster's list. HTTP to a mesh cluster (its list names `istio`) offers
+/// what Istio's `istio.alpn` filter puts in its place: `istio-http/1.1`,
+/// `istio`, `http/1.1` (HTTP/2: `istio-h2`, `istio`, `h2`), so that an
+/// Istio sidecar's inbound chains, matched by these values, take the
+/// connection as in-mesh HTTP. HTTP never offers `istio-peer-exchange`: the
+/// metadata exchange is in-band on TCP only.
 fn alpn_offered(cluster: &[String], carrying: Carrying) -> Vec<Vec<u8>> {
-    cluster
-        .iter()
-        .filter(|a| carrying == Carrying::Tcp || a.as_bytes() != crate::peer_metadata::tcp::ALPN)
-        .map(|a| a.as_bytes().to_vec())
-        .collect()
+    let mesh = cluster.iter().any(|a| a == "istio");
+    let list: Vec<&str> = match carrying {
+        Carrying::Tcp => cluster.iter().map(String::as_str).collect(),
+        Carrying::Http1 if mesh => vec!["istio-http/1.1", "istio", "http/1.1"],
+        Carrying::Http2 if mesh => vec!["istio-h2", "istio", "h2"],
+        Carrying::Http1 | Carrying::Http2 => cluster
+            .iter()
+            .map(String::as_str)
+            .filter(|a| a.as_bytes() != crate::peer_metadata::tcp::ALPN)
+            .collect(),
+    };
+    list.into_iter().map(|a| a.as_bytes().to_vec()).collect()
 }
 
 /// Terminates TLS on an inbound connection. Returns the stream and the
@@ -302,12 +314,26 @@ mod tests {
     use super::{Carrying, alpn_offered};
 
     #[test]
-    fn http_connections_do_not_offer_the_tcp_metadata_exchange() {
-        let cluster = ["istio-peer-exchange".to_owned(), "istio".to_owned()];
+    fn http_connections_offer_what_istio_alpn_filter_sets_and_never_the_exchange() {
+        let of = |list: &[&str], c| -> Vec<String> {
+            let cluster: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            alpn_offered(&cluster, c)
+                .into_iter()
+                .map(|a| String::from_utf8(a).unwrap())
+                .collect()
+        };
+        let mesh = ["istio-peer-exchange", "istio"];
+        assert_eq!(of(&mesh, Carrying::Tcp), mesh);
         assert_eq!(
-            alpn_offered(&cluster, Carrying::Tcp),
-            [b"istio-peer-exchange".to_vec(), b"istio".to_vec()]
+            of(&mesh, Carrying::Http1),
+            ["istio-http/1.1", "istio", "http/1.1"]
         );
-        assert_eq!(alpn_offered(&cluster, Carrying::Http), [b"istio".to_vec()]);
+        assert_eq!(
+            of(&["istio-peer-exchange", "istio", "h2"], Carrying::Http2),
+            ["istio-h2", "istio", "h2"]
+        );
+        // Not a mesh cluster (SIMPLE TLS): its own list.
+        assert_eq!(of(&["h2", "http/1.1"], Carrying::Http2), ["h2", "http/1.1"]);
+        assert!(of(&["istio-peer-exchange"], Carrying::Http1).is_empty());
     }
 }

@@ -258,7 +258,7 @@ impl Upstreams {
             Some(p) => p,
             None => {
                 let tcp = connect_tcp(target, &opts).await?;
-                let stream = crate::tls::connect(tcp, svid, tls, crate::tls::Carrying::Http)
+                let stream = crate::tls::connect(tcp, svid, tls, crate::tls::Carrying::Http1)
                     .await
                     .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
                 let (sender, conn) =
@@ -316,7 +316,7 @@ pub async fn send_dedicated(
     let tcp = connect_tcp(target, &opts).await?;
     match tls {
         Some(tls) => {
-            let stream = crate::tls::connect(tcp, &svid, &tls, crate::tls::Carrying::Http)
+            let stream = crate::tls::connect(tcp, &svid, &tls, crate::tls::Carrying::Http1)
                 .await
                 .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
             exchange(stream, req).await

@@ -266,7 +266,7 @@ async fn open(target: &H2Target) -> Result<SendRequest<ProxyBody>, UpstreamError
     let tcp = connect_tcp(target.addr, &target.opts).await?;
     match &target.tls {
         Some(tls) => {
-            let stream = crate::tls::connect(tcp, &target.svid, tls, crate::tls::Carrying::Http)
+            let stream = crate::tls::connect(tcp, &target.svid, tls, crate::tls::Carrying::Http2)
                 .await
                 .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
             handshake(stream).await
