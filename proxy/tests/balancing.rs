@@ -54,7 +54,11 @@ async fn owners(p: &Proxy, keys: usize) -> Vec<String> {
     out
 }
 
-async fn sticky_by_header(policy: xcl::cluster::LbPolicy) {
+/// `policy` keeps a header's key on one endpoint, and removing an endpoint
+/// moves its keys; of the other keys at most `may_move` move (ring hash:
+/// none; Maglev rebuilds its table and shifts a few per cent of the
+/// remaining entries, bounded over 10,000 keys in `lb/hash.rs`).
+async fn sticky_by_header(policy: xcl::cluster::LbPolicy, may_move: usize) {
     let bs = backends(4).await;
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
     let mut c = static_cluster("hashed", &addrs);
@@ -71,22 +75,27 @@ async fn sticky_by_header(policy: xcl::cluster::LbPolicy) {
     fewer.lb_policy = policy as i32;
     p.tx.send_replace(Arc::new(config(p.addr, vec![fewer], routes, vec![])));
     let after = owners(&p, 60).await;
+    let mut moved = 0;
     for (before, now) in first.iter().zip(&after) {
-        if *before != gone {
-            assert_eq!(before, now, "a key of a remaining endpoint moved");
+        if *before != gone && before != now {
+            moved += 1;
         }
         assert_ne!(*now, gone);
     }
+    assert!(
+        moved <= may_move,
+        "{moved} keys of remaining endpoints moved (at most {may_move})"
+    );
 }
 
 #[tokio::test]
 async fn ring_hash_keeps_a_header_key_on_one_endpoint_and_moves_only_removed_keys() {
-    sticky_by_header(xcl::cluster::LbPolicy::RingHash).await;
+    sticky_by_header(xcl::cluster::LbPolicy::RingHash, 0).await;
 }
 
 #[tokio::test]
 async fn maglev_keeps_a_header_key_on_one_endpoint_and_moves_only_removed_keys() {
-    sticky_by_header(xcl::cluster::LbPolicy::Maglev).await;
+    sticky_by_header(xcl::cluster::LbPolicy::Maglev, 6).await;
 }
 
 #[tokio::test]
