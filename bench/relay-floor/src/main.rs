@@ -16,7 +16,10 @@ fn main() {
 }
 
 fn epoll(listen: SocketAddr, upstream: SocketAddr) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind(listen).await.unwrap();
         loop {
@@ -38,7 +41,9 @@ fn uring(listen: SocketAddr, upstream: SocketAddr) {
             let (down, _) = l.accept().await.unwrap();
             down.set_nodelay(true).unwrap();
             tokio_uring::spawn(async move {
-                let up = tokio_uring::net::TcpStream::connect(upstream).await.unwrap();
+                let up = tokio_uring::net::TcpStream::connect(upstream)
+                    .await
+                    .unwrap();
                 up.set_nodelay(true).unwrap();
                 let down = std::rc::Rc::new(down);
                 let up = std::rc::Rc::new(up);
@@ -56,9 +61,14 @@ async fn pump(from: &tokio_uring::net::TcpStream, to: &tokio_uring::net::TcpStre
     loop {
         let (r, b) = from.read(buf).await;
         buf = b;
-        let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+        let n = match r {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
         let (r, b) = to.write_all(buf.slice(..n)).await;
         buf = b.into_inner();
-        if r.is_err() { return; }
+        if r.is_err() {
+            return;
+        }
     }
 }
