@@ -20,14 +20,13 @@ use local::{metric, wait_until};
 use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
-use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proto::envoy::pb::google::protobuf as wkt;
 use mesh_proxy::config::ProxyConfig;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use support::{
-    TestCa, any, chain, common_tls, hcm_filter, listener, mtls_chain, proxy_config, route,
-    route_table, static_cluster,
+    TestCa, any, chain, common_tls, h2_cluster, hcm_filter, inbound_listener, listener, mtls_chain,
+    proxy_config, route, route_table, static_cluster,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -37,28 +36,6 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 
 /// `cluster` speaks h2 (as meshd emits for `h2UpgradePolicy: UPGRADE`),
 /// with these common HTTP options.
-fn h2(mut cluster: xcl::Cluster, common: Option<xc::HttpProtocolOptions>) -> xcl::Cluster {
-    use xh::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
-    let opts = xh::HttpProtocolOptions {
-        common_http_protocol_options: common,
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(
-                    xh::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                        Default::default(),
-                    ),
-                ),
-            },
-        )),
-        ..Default::default()
-    };
-    cluster.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&opts),
-    );
-    cluster
-}
-
 /// Istio-mutual origination toward `san`, offering h2 as meshd does.
 fn mtls(mut cluster: xcl::Cluster, san: &str) -> xcl::Cluster {
     cluster.transport_socket = Some(xc::TransportSocket {
@@ -286,8 +263,7 @@ async fn two_sidecars() -> TwoSidecars {
     let server = server_l.local_addr().unwrap();
     // Istio's inbound chain: h2 and http/1.1.
     let inbound = mtls_chain("inbound|9080||", hcm_filter("inbound"), &["h2", "http/1.1"]);
-    let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
-    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let in_l = inbound_listener(server, vec![inbound]);
     let server_cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|9080||", &[app])],
@@ -316,7 +292,7 @@ async fn two_sidecars() -> TwoSidecars {
     let client_cfg = proxy_config(
         vec![out_l],
         vec![mtls(
-            h2(static_cluster("to-reviews", &[server]), None),
+            h2_cluster(static_cluster("to-reviews", &[server]), None),
             SERVER_ID,
         )],
         vec![route_table("out", &["*"], vec![route("/", "to-reviews")])],
@@ -407,7 +383,8 @@ async fn h2_connections_rotate_after_max_requests_per_connection() {
         max_requests_per_connection: Some(wkt::UInt32Value { value: 2 }),
         ..Default::default()
     };
-    let (proxy, _shared) = proxy_to(h2(static_cluster("h2", &[b.addr]), Some(common))).await;
+    let (proxy, _shared) =
+        proxy_to(h2_cluster(static_cluster("h2", &[b.addr]), Some(common))).await;
     for i in 0..5 {
         let (status, body, _) = get(proxy, format!("/{i}")).await;
         assert_eq!((status, body), (200, format!("HTTP/2.0 /{i}")));
@@ -423,7 +400,7 @@ async fn h2_connections_rotate_after_max_requests_per_connection() {
 #[tokio::test]
 async fn h2_requests_over_max_requests_get_exactly_one_uo_at_once() {
     let b = H2Backend::start(true).await;
-    let mut c = h2(static_cluster("h2", &[b.addr]), None);
+    let mut c = h2_cluster(static_cluster("h2", &[b.addr]), None);
     c.circuit_breakers = breakers(Some(3), None);
     let (proxy, shared) = proxy_to(c).await;
     let mut calls: Vec<_> = (0..4)
@@ -475,7 +452,10 @@ async fn h2_requests_waiting_for_the_connection_past_max_pending_get_uo_at_once(
             keep.lock().unwrap().push(s);
         }
     });
-    let mut c = mtls(h2(static_cluster("slow", &[silent_addr]), None), SERVER_ID);
+    let mut c = mtls(
+        h2_cluster(static_cluster("slow", &[silent_addr]), None),
+        SERVER_ID,
+    );
     c.circuit_breakers = breakers(None, Some(1));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
@@ -548,7 +528,7 @@ async fn goaway_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn a_new_h2_connection_replaces_one_the_upstream_closed_with_goaway() {
     let (backend, connections) = goaway_backend().await;
-    let (proxy, shared) = proxy_to(h2(static_cluster("h2", &[backend]), None)).await;
+    let (proxy, shared) = proxy_to(h2_cluster(static_cluster("h2", &[backend]), None)).await;
     for i in 0..3 {
         let (status, body, _) = get(proxy, format!("/{i}")).await;
         assert_eq!((status, body), (200, format!("/{i}")));

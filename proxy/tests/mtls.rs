@@ -49,9 +49,7 @@ fn strict_inbound(addr: SocketAddr) -> xl::Listener {
         hcm_filter("in"),
         &["istio-peer-exchange", "istio", "http/1.1"],
     );
-    let mut l = listener("virtualInbound", addr, false, vec![c], None);
-    l.traffic_direction = xc::TrafficDirection::Inbound as i32;
-    l
+    inbound_listener(addr, vec![c])
 }
 
 fn permissive_inbound(addr: SocketAddr) -> xl::Listener {

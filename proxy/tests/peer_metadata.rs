@@ -20,14 +20,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::envoy::pb::envoy::config::cluster::v3 as xcl;
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
-use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
 use mesh_proxy::config::ProxyConfig;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
 use mesh_proxy::xds::NodeIdentity;
 use support::{
-    TestCa, any, chain, common_tls, hcm_filter, listener, mtls_chain, proxy_config, route,
-    route_table, static_cluster, tcp_filter,
+    TestCa, any, chain, common_tls, h2_cluster, hcm_filter, inbound_listener, listener, mtls_chain,
+    proxy_config, route, route_table, static_cluster, tcp_filter,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -47,28 +46,6 @@ fn mtls(mut cluster: xcl::Cluster, san: &str, alpn: &[&str]) -> xcl::Cluster {
             },
         ))),
     });
-    cluster
-}
-
-/// `cluster` speaks h2 (as meshd emits for gRPC ports).
-fn h2(mut cluster: xcl::Cluster) -> xcl::Cluster {
-    use xh::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
-    let opts = xh::HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(
-                    xh::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                        Default::default(),
-                    ),
-                ),
-            },
-        )),
-        ..Default::default()
-    };
-    cluster.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&opts),
-    );
     cluster
 }
 
@@ -205,12 +182,11 @@ async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
     if grpc {
         app = h2_app().await;
     }
-    let maybe_h2 = |c: xcl::Cluster| if grpc { h2(c) } else { c };
+    let maybe_h2 = |c: xcl::Cluster| if grpc { h2_cluster(c, None) } else { c };
     let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_l.local_addr().unwrap();
     let inbound = mtls_chain("inbound|9080||", hcm_filter("inbound"), &["h2", "http/1.1"]);
-    let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
-    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let in_l = inbound_listener(server, vec![inbound]);
     let server_cfg = proxy_config(
         vec![in_l],
         vec![maybe_h2(static_cluster("inbound|9080||", &[app]))],
@@ -246,7 +222,7 @@ async fn two_sidecars_for(grpc: bool) -> TwoSidecars {
         vec![out_l],
         vec![if grpc {
             mtls(
-                h2(static_cluster(cluster, &[server])),
+                h2_cluster(static_cluster(cluster, &[server]), None),
                 SERVER_ID,
                 &["istio", "h2"],
             )
@@ -433,14 +409,10 @@ async fn a_caller_outside_the_mesh_gets_no_exchange_and_unknown_labels() {
     let (app, seen) = app().await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let mut in_l = listener(
-        "virtualInbound",
+    let in_l = inbound_listener(
         addr,
-        false,
         vec![chain("inbound|9080||", None, hcm_filter("inbound"))],
-        None,
     );
-    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
     let cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|9080||", &[app])],
@@ -529,14 +501,10 @@ async fn inbound_tcp_connections_report_the_service_the_workload_serves() {
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let mut in_l = listener(
-        "virtualInbound",
+    let in_l = inbound_listener(
         addr,
-        false,
         vec![chain("inbound|3306||", None, tcp_filter("inbound|3306||"))],
-        None,
     );
-    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
     let cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|3306||", &[app])],
@@ -599,8 +567,7 @@ async fn two_tcp_sidecars(app: SocketAddr) -> (SocketAddr, Arc<Shared>, Arc<Shar
         tcp_filter("inbound|3306||"),
         &["istio-peer-exchange", "h2", "http/1.1"],
     );
-    let mut in_l = listener("virtualInbound", server, false, vec![inbound], None);
-    in_l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    let in_l = inbound_listener(server, vec![inbound]);
     let server_cfg = proxy_config(
         vec![in_l],
         vec![static_cluster("inbound|3306||", &[app])],

@@ -549,6 +549,42 @@ pub fn mtls_chain(name: &str, filter: xl::Filter, alpn: &[&str]) -> xl::FilterCh
     c
 }
 
+/// `virtualInbound` on `addr` with `chains`, marked inbound (metrics report
+/// as `destination`).
+pub fn inbound_listener(addr: SocketAddr, chains: Vec<xl::FilterChain>) -> xl::Listener {
+    let mut l = listener("virtualInbound", addr, false, chains, None);
+    l.traffic_direction = xc::TrafficDirection::Inbound as i32;
+    l
+}
+
+/// `cluster` speaking HTTP/2 upstream (as meshd emits for gRPC ports and
+/// `h2UpgradePolicy: UPGRADE`), with `common` HTTP protocol options.
+pub fn h2_cluster(
+    mut cluster: xcl::Cluster,
+    common: Option<xc::HttpProtocolOptions>,
+) -> xcl::Cluster {
+    use mesh_proto::envoy::pb::envoy::extensions::upstreams::http::v3 as xh;
+    use xh::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
+    let opts = xh::HttpProtocolOptions {
+        common_http_protocol_options: common,
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(
+                    xh::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&opts),
+    );
+    cluster
+}
+
 /// A proxy config of these listeners, clusters and route tables, each
 /// converted as the xDS client converts it.
 pub fn proxy_config(
