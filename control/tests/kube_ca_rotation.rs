@@ -10,13 +10,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::call;
+use common::{call, open_delta};
 use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
@@ -108,19 +106,16 @@ async fn a_rotated_root_reaches_new_handshakes_on_the_tls_port_while_an_open_xds
         .connect()
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: node("reviews-1"),
-        type_url: CDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = AggregatedDiscoveryServiceClient::new(channel)
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, mut stream) = open_delta(
+        &mut client,
+        DeltaDiscoveryRequest {
+            node: node("reviews-1"),
+            type_url: CDS.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .unwrap()

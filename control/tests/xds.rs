@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::call;
+use common::{call, open_delta};
 use mesh_proto::envoy::pb::envoy::config::core::v3::Node;
 use mesh_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
@@ -279,19 +279,15 @@ async fn delta_reconnect_with_known_versions_resends_nothing() {
         AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
             .await
             .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: node("delta"),
-        type_url: CDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = open_delta(
+        &mut client,
+        DeltaDiscoveryRequest {
+            node: node("delta"),
+            type_url: CDS.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.resources.len() >= 3);
     let known = first
@@ -301,20 +297,16 @@ async fn delta_reconnect_with_known_versions_resends_nothing() {
         .collect();
     drop(tx);
     drop(stream);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: node("delta"),
-        type_url: CDS.into(),
-        initial_resource_versions: known,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut stream) = open_delta(
+        &mut client,
+        DeltaDiscoveryRequest {
+            node: node("delta"),
+            type_url: CDS.into(),
+            initial_resource_versions: known,
+            ..Default::default()
+        },
+    )
+    .await;
     let resumed = stream.message().await.unwrap().unwrap();
     assert!(
         resumed.resources.is_empty(),
@@ -392,19 +384,15 @@ async fn delta_names_removed_clusters_after_a_delete() {
         AggregatedDiscoveryServiceClient::connect(format!("http://{}", meshd.xds_addr))
             .await
             .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: node("delta-rm"),
-        type_url: CDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = open_delta(
+        &mut client,
+        DeltaDiscoveryRequest {
+            node: node("delta-rm"),
+            type_url: CDS.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = stream.message().await.unwrap().unwrap();
     let other = "outbound|80||other.default.svc.cluster.local";
     assert!(first.resources.iter().any(|r| r.name == other));
@@ -609,19 +597,15 @@ async fn xds_over_mtls_serves_the_svids_own_identity_and_refuses_another() {
     .await;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     // Delta, matching identity: config flows.
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: node_of("reviews-1", "shop", "reviews"),
-        type_url: CDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut stream) = open_delta(
+        &mut client,
+        DeltaDiscoveryRequest {
+            node: node_of("reviews-1", "shop", "reviews"),
+            type_url: CDS.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .unwrap()

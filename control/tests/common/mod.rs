@@ -47,3 +47,25 @@ pub async fn start_meshd(dir: &std::path::Path) -> mesh_control::server::Running
     ]);
     mesh_control::server::start(&config).await.unwrap()
 }
+
+/// Opens a delta ADS stream on `client` starting with `first`: the sender
+/// for further requests (the stream stays open while it lives) and the
+/// responses.
+pub async fn open_delta(
+    client: &mut mesh_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    first: mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest,
+) -> (
+    tokio::sync::mpsc::Sender<
+        mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest,
+    >,
+    tonic::Streaming<mesh_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    let stream = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
