@@ -4,7 +4,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
+use mesh_proto::envoy::pb::envoy::config::route::v3 as xr;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
@@ -64,19 +65,32 @@ fn permissive_inbound(addr: SocketAddr) -> xl::Listener {
     l
 }
 
-async fn backend() -> SocketAddr {
+/// Answers `backend <path>`, and records `<host> <path>` of each request.
+async fn backend(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (s, _) = l.accept().await.unwrap();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let body = format!("backend {}", req.uri().path());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap_or("?").to_owned());
+                        seen.lock().unwrap().push(format!(
+                            "{} {}",
+                            host.unwrap_or_default(),
+                            req.uri().path()
+                        ));
+                        async move {
+                            let body = format!("backend {}", req.uri().path());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -96,13 +110,16 @@ struct Env {
     svid_tx: watch::Sender<Option<Arc<Svid>>>,
     shared: Arc<Shared>,
     ca: TestCa,
+    /// `<host> <path>` of each request the backend got.
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 async fn setup() -> Env {
     mesh_proxy::install_crypto_provider();
     let ca = TestCa::new();
     let (svid_tx, svid_rx) = watch::channel(Some(Arc::new(ca.svid(ID))));
-    let backend = backend().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = backend(seen.clone()).await;
     let mut ads = FakeAds::start().await;
     let (client, rx) = XdsClient::new(XdsClientConfig::new(ads.url(), NodeIdentity::default()));
     tokio::spawn(client.run());
@@ -177,6 +194,16 @@ async fn setup() -> Env {
         vec![],
     );
     let to_permissive = route("/permissive", "to-permissive");
+    // Served by the permissive chain, shadowed to the STRICT one.
+    let mut mirrored = route("/mirrored", "to-permissive");
+    let Some(xr::route::Action::Route(ra)) = &mut mirrored.action else {
+        unreachable!()
+    };
+    ra.request_mirror_policies
+        .push(xr::route_action::RequestMirrorPolicy {
+            cluster: "to-reviews".into(),
+            ..Default::default()
+        });
     let mut to_impostor = route("/impostor", "to-impostor");
     to_impostor.name = "impostor".into();
     ads.push_delta(
@@ -188,7 +215,12 @@ async fn setup() -> Env {
                 any(&route_table(
                     "out",
                     &["*"],
-                    vec![to_impostor, to_permissive, route("/", "to-reviews")],
+                    vec![
+                        to_impostor,
+                        to_permissive,
+                        mirrored,
+                        route("/", "to-reviews"),
+                    ],
                 )),
             ),
             (
@@ -214,6 +246,7 @@ async fn setup() -> Env {
         svid_tx,
         shared,
         ca,
+        seen,
     }
 }
 
@@ -254,6 +287,28 @@ async fn outbound_originates_mtls_that_the_inbound_chain_terminates() {
     assert!(
         metrics.contains("connection_security_policy=\"mutual_tls\""),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn mirrors_to_an_mtls_cluster_go_over_mutual_tls() {
+    let env = setup().await;
+    let (s, body, _) = get(env.out, "/mirrored/a").await.unwrap();
+    assert_eq!((s, body.as_str()), (200, "backend /mirrored/a"));
+    // The shadow copy reaches the backend through the inbound chain that
+    // refuses plain text.
+    let shadow = "reviews-shadow:9080 /mirrored/a".to_owned();
+    for _ in 0..250 {
+        if env.seen.lock().unwrap().contains(&shadow) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = env.seen.lock().unwrap().clone();
+    assert!(seen.contains(&shadow), "{seen:?}");
+    assert!(
+        seen.contains(&"reviews:9080 /mirrored/a".to_owned()),
+        "{seen:?}"
     );
 }
 

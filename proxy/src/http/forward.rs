@@ -19,6 +19,7 @@ use crate::lb::PickOptions;
 use crate::lb::pool::{ConnectionSlot, SlotError};
 use crate::lb::stats::ClusterStats;
 use crate::runtime::Shared;
+use std::sync::Arc;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
@@ -27,7 +28,7 @@ pub(super) async fn forward(
     route: &Route,
     mutations: &[&crate::config::HeaderMutation; 3],
     config: &ProxyConfig,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     info: &ConnInfo,
     authority: &str,
     out: &mut Outcome,
@@ -122,18 +123,17 @@ pub(super) async fn forward(
     if let Some(replay) = &replay
         && !f.mirrors.is_empty()
     {
-        mirror(
-            f,
-            &parts,
-            path_and_query.as_str(),
+        let copy = Shadowed {
+            parts: &parts,
+            path_and_query: path_and_query.as_str(),
             host,
-            replay,
-            config,
-            shared,
-        );
+            body: replay,
+            inbound: info.inbound,
+        };
+        mirror(f, &copy, config, shared);
     }
     // Peer metadata exchange: only a mesh (mTLS) destination learns who
-    // calls (after the mirrors, which are never mTLS).
+    // calls (after the mirrors, which announce for themselves).
     shared
         .peer_metadata
         .announce(&mut parts.headers, cluster.tls.is_some() && !info.inbound);
@@ -322,8 +322,7 @@ type Call<'a> = std::pin::Pin<
 >;
 
 /// Starts one try: a dedicated connection for upgrades, the h2 pool for
-/// HTTP/2 (plain or mTLS), the pooled mTLS connections for HTTP/1.1 TLS
-/// clusters, the pooled plain client otherwise.
+/// HTTP/2, the pooled HTTP/1.1 connections otherwise (plain or mTLS).
 fn send<'a>(
     request: Request<ProxyBody>,
     target: std::net::SocketAddr,
@@ -361,33 +360,25 @@ fn send<'a>(
                 .await
         });
     }
-    match (&cluster.tls, upgrade) {
-        (tls, true) => Box::pin(upstream::send_dedicated(
+    if upgrade {
+        return Box::pin(upstream::send_dedicated(
             request,
             target,
             upstream::ConnOptions::of(cluster),
-            tls.clone(),
+            cluster.tls.clone(),
             shared.svid.clone(),
-        )),
-        (Some(tls), false) => {
-            // Borrowed for the call: no per-request copy of the cluster
-            // name or the TLS settings (SNI, ALPN and SAN strings).
-            let opts = upstream::ConnOptions::of(cluster);
-            Box::pin(shared.upstreams.send_mtls_pooled(
-                &cluster.name,
-                request,
-                target,
-                opts,
-                tls,
-                &shared.svid,
-            ))
-        }
-        (None, false) => {
-            let request = absolute(request, target);
-            let client = shared.upstreams.client(cluster, downstream_h2);
-            Box::pin(async move { client.request(request).await.map_err(UpstreamError::from) })
-        }
+        ));
     }
+    // Borrowed for the call: no per-request copy of the cluster name or the
+    // TLS settings (SNI, ALPN and SAN strings).
+    Box::pin(shared.upstreams.send_h1_pooled(
+        &cluster.name,
+        request,
+        target,
+        upstream::ConnOptions::of(cluster),
+        cluster.tls.as_ref(),
+        &shared.svid,
+    ))
 }
 
 /// `request` (origin-form) with the `http` scheme and `target` as its
@@ -437,18 +428,28 @@ fn report_outlier(
     }
 }
 
+/// What a shadow copy is made of.
+#[derive(Clone, Copy)]
+struct Shadowed<'a> {
+    parts: &'a http::request::Parts,
+    path_and_query: &'a str,
+    host: &'a str,
+    body: &'a Replayable,
+    /// The request came in on an inbound listener.
+    inbound: bool,
+}
+
 /// Sends shadow copies of a request (whose body was buffered) to the mirror
 /// clusters, with `-shadow` appended to the host as Envoy does; responses
 /// are discarded.
-fn mirror(
-    f: &ForwardAction,
-    parts: &http::request::Parts,
-    path_and_query: &str,
-    host: &str,
-    body: &Replayable,
-    config: &ProxyConfig,
-    shared: &Shared,
-) {
+fn mirror(f: &ForwardAction, copy: &Shadowed<'_>, config: &ProxyConfig, shared: &Arc<Shared>) {
+    let Shadowed {
+        parts,
+        path_and_query,
+        host,
+        body,
+        inbound,
+    } = *copy;
     for (name, fraction) in &f.mirrors {
         if !rand::rng().random_bool(fraction.clamp(0.0, 1.0)) {
             continue;
@@ -456,10 +457,6 @@ fn mirror(
         let Some(cluster) = config.clusters.get(name) else {
             continue;
         };
-        if cluster.tls.is_some() {
-            // Shadowing over mTLS would need a dedicated connection per copy.
-            continue;
-        }
         let Some(active) = config.cluster_endpoints(cluster).and_then(|la| {
             shared
                 .balancers
@@ -468,12 +465,7 @@ fn mirror(
         }) else {
             continue;
         };
-        let Ok(uri) = Uri::builder()
-            .scheme("http")
-            .authority(active.address.to_string())
-            .path_and_query(path_and_query)
-            .build()
-        else {
+        let Ok(uri) = Uri::try_from(path_and_query) else {
             continue;
         };
         let mut req = Request::new(body.body());
@@ -487,11 +479,21 @@ fn mirror(
         if let Ok(v) = HeaderValue::from_str(&shadow_host) {
             req.headers_mut().insert(http::header::HOST, v);
         }
-        let client = shared.upstreams.client(cluster, false);
+        // A mesh (mTLS) shadow learns who calls, as the primary does.
+        shared
+            .peer_metadata
+            .announce(req.headers_mut(), cluster.tls.is_some() && !inbound);
+        let (shared, name, tls) = (shared.clone(), cluster.name.clone(), cluster.tls.clone());
+        let opts = upstream::ConnOptions::of(cluster);
         tokio::spawn(async move {
+            let target = active.address;
             let _active = active;
-            if let Err(error) = client.request(req).await {
-                debug!(%error, "mirror request failed");
+            let sent = shared
+                .upstreams
+                .send_h1_pooled(&name, req, target, opts, tls.as_ref(), &shared.svid)
+                .await;
+            if let Err(error) = sent {
+                debug!(%error, cluster = %name, "mirror request failed");
             }
         });
     }
@@ -553,7 +555,7 @@ async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     }
 }
 
-fn empty_body() -> ProxyBody {
+pub(super) fn empty_body() -> ProxyBody {
     http_body_util::Empty::<bytes::Bytes>::new()
         .map_err(|never| match never {})
         .boxed()

@@ -456,7 +456,7 @@ async fn route_request(
     req: Request<Incoming>,
     hcm: &HttpConnectionManager,
     config: &ProxyConfig,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     info: &ConnInfo,
     authority: &str,
     out: &mut Outcome,

@@ -1,7 +1,6 @@
-//! Upstream HTTP clients: one hyper-util pooled client per cluster (the
-//! pool inside is keyed by endpoint address, so connections are pooled per
-//! endpoint), rebuilt when the cluster's connection settings change; pooled
-//! HTTP/1.1 mTLS connections; and the HTTP/2 pool (`h2`), plain or mTLS.
+//! Upstream HTTP clients: pooled HTTP/1.1 connections per cluster endpoint,
+//! plain or mTLS (`send_h1_pooled`), dedicated connections for upgrades,
+//! and the HTTP/2 pool (`h2`), plain or mTLS.
 
 mod h2;
 
@@ -12,35 +11,24 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
 
-use crate::config::{Cluster, TcpKeepalive, UpstreamProtocol};
+use super::flags::ProxyBody;
+use crate::config::{Cluster, TcpKeepalive};
 
-/// A pooled HTTP client.
-pub type HttpClient = Client<HttpConnector, super::flags::ProxyBody>;
-
-#[derive(Debug, Clone, PartialEq)]
-struct Settings {
-    connect_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    http2: bool,
-    keepalive: Option<TcpKeepalive>,
-}
-
-/// Linux's default idle time before keepalive probes, used when a cluster
-/// turns keepalive on without a time.
-const DEFAULT_KEEPALIVE_TIME: Duration = Duration::from_secs(7200);
-
-/// An mTLS connection in the pool: its sender, when it was opened and how
-/// many requests it carried.
+/// A pooled HTTP/1.1 connection: its sender, when it was opened, when it
+/// last went back to the pool and how many requests it carried.
 #[derive(Debug)]
 struct Pooled {
-    sender: hyper::client::conn::http1::SendRequest<super::flags::ProxyBody>,
+    sender: SendRequest<ProxyBody>,
     opened: tokio::time::Instant,
+    pooled: tokio::time::Instant,
     requests: u32,
 }
+
+/// Envoy's default upstream idle timeout: a pooled connection unused for
+/// longer is closed instead of reused.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Per-connection limits and socket options of a cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,7 +41,8 @@ pub struct ConnOptions {
     pub max_requests: Option<u32>,
     /// Age after which a connection takes no new request.
     pub max_age: Option<Duration>,
-    /// Idle time after which a pooled HTTP/2 connection is dropped.
+    /// Idle time after which a pooled connection is dropped (HTTP/1.1:
+    /// an hour when unset, as Envoy).
     pub idle_timeout: Option<Duration>,
 }
 
@@ -119,13 +108,14 @@ async fn connect_tcp(
     Ok(tcp)
 }
 
-/// Idle mTLS connections by cluster, then endpoint (two levels, so that a
-/// request finds its list by the borrowed cluster name, without copying it).
-type IdleMtls = HashMap<String, HashMap<std::net::SocketAddr, Vec<Pooled>>>;
+/// Idle HTTP/1.1 connections by cluster, then endpoint (two levels, so that
+/// a request finds its list by the borrowed cluster name, without copying
+/// it).
+type Idle = HashMap<String, HashMap<std::net::SocketAddr, Vec<Pooled>>>;
 
 /// The idle list of `cluster`'s endpoint `target`, created empty.
 fn idle_list<'a>(
-    pool: &'a mut IdleMtls,
+    pool: &'a mut Idle,
     cluster: &str,
     target: std::net::SocketAddr,
 ) -> &'a mut Vec<Pooled> {
@@ -138,69 +128,22 @@ fn idle_list<'a>(
         .or_default()
 }
 
-/// Most idle mTLS connections kept per cluster endpoint.
-const MAX_IDLE_MTLS: usize = 32;
+/// Most idle HTTP/1.1 connections kept per cluster endpoint.
+const MAX_IDLE: usize = 32;
 
-/// Clients by cluster name, and idle mTLS connections by cluster and
-/// endpoint.
+/// Pooled upstream connections.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    /// By cluster name: HTTP/1.1 clients at index 0, HTTP/2 at 1.
-    clients: Mutex<[HashMap<String, (Settings, HttpClient)>; 2]>,
-    mtls_idle: Mutex<IdleMtls>,
+    /// Idle HTTP/1.1 connections: plain ones at index 0, mTLS at 1 (a
+    /// cluster whose TLS setting changes never gets the other kind).
+    idle: Mutex<[Idle; 2]>,
     /// HTTP/2 connections (plain and mTLS) and pending requests.
     pub h2: H2Pool,
-}
-
-impl Upstreams {
-    /// The client for `cluster`; `downstream_h2` decides the protocol for
-    /// clusters that follow the downstream one.
-    pub fn client(&self, cluster: &Cluster, downstream_h2: bool) -> HttpClient {
-        let http2 = match cluster.http.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Downstream => downstream_h2,
-        };
-        let settings = Settings {
-            connect_timeout: cluster.connect_timeout,
-            idle_timeout: cluster.http.idle_timeout,
-            http2,
-            keepalive: cluster.tcp_keepalive,
-        };
-        let mut maps = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let map = &mut maps[usize::from(http2)];
-        if let Some((s, c)) = map.get(cluster.name.as_str())
-            && *s == settings
-        {
-            return c.clone();
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        if let Some(ka) = settings.keepalive {
-            connector.set_keepalive(Some(
-                ka.time
-                    .map_or(DEFAULT_KEEPALIVE_TIME, |t| Duration::from_secs(t.into())),
-            ));
-            connector.set_keepalive_interval(ka.interval.map(|i| Duration::from_secs(i.into())));
-            connector.set_keepalive_retries(ka.probes);
-        }
-        let mut builder = Client::builder(TokioExecutor::new());
-        // Envoy's default upstream idle timeout is one hour.
-        builder.pool_idle_timeout(settings.idle_timeout.unwrap_or(Duration::from_secs(3600)));
-        builder.http2_only(http2);
-        let client = builder.build(connector);
-        map.insert(cluster.name.clone(), (settings, client.clone()));
-        client
-    }
 }
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// The pooled client failed.
-    #[error("upstream request failed")]
-    Client(#[from] hyper_util::client::legacy::Error),
     /// Connecting (TCP or mTLS) failed.
     #[error("cannot connect upstream")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -216,11 +159,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether connecting failed (`UF`) rather than the exchange (`UC`).
     pub fn is_connect(&self) -> bool {
-        match self {
-            Self::Client(e) => e.is_connect(),
-            Self::Connect(_) => true,
-            Self::Http(_) | Self::Overflow => false,
-        }
+        matches!(self, Self::Connect(_))
     }
 
     /// Whether the request was refused by a circuit breaker (`UO`).
@@ -230,64 +169,127 @@ impl UpstreamError {
 }
 
 impl Upstreams {
-    /// Sends a request over a pooled mTLS connection to `target`, opening
-    /// one when no idle connection is at hand. A connection goes back to the
-    /// pool as soon as the request is sent; it is reused once its response
-    /// has been read (`is_ready`). A connection past the cluster's
-    /// `max_requests_per_connection` or `max_connection_duration` is
-    /// retired instead of reused.
-    pub async fn send_mtls_pooled(
+    /// Sends an HTTP/1.1 request over a pooled connection to `target`
+    /// (mutual TLS when `tls` is set), opening one when no idle connection
+    /// is at hand. A connection goes back to the pool as soon as the request
+    /// is sent; it is reused once its response has been read (`is_ready`).
+    /// A connection past the cluster's `max_requests_per_connection` or
+    /// `max_connection_duration` is retired instead of reused, one idle past
+    /// the cluster's idle timeout (an hour by default, as Envoy) is closed.
+    ///
+    /// A request that a reused connection hands back unsent (the upstream
+    /// closed it just as the request was queued) goes once more, over a new
+    /// connection: it never reached the upstream, so this is safe for any
+    /// method.
+    pub async fn send_h1_pooled(
         &self,
         cluster: &str,
-        req: http::Request<super::flags::ProxyBody>,
+        req: http::Request<ProxyBody>,
         target: std::net::SocketAddr,
         opts: ConnOptions,
-        tls: &crate::config::UpstreamTls,
+        tls: Option<&crate::config::UpstreamTls>,
         svid: &crate::tls::SvidReceiver,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let now = tokio::time::Instant::now();
-        let idle = {
-            let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle_list(&mut pool, cluster, target);
-            list.retain(|p| !p.sender.is_closed() && opts.reusable(p.opened, p.requests, now));
-            list.iter()
-                .position(|p| p.sender.is_ready())
-                .map(|i| list.swap_remove(i))
-        };
-        let mut conn = match idle {
-            Some(p) => p,
-            None => {
-                let tcp = connect_tcp(target, &opts).await?;
-                let stream = crate::tls::connect(tcp, svid, tls, crate::tls::Carrying::Http1)
-                    .await
-                    .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Http)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Pooled {
-                    sender,
+        let kind = usize::from(tls.is_some());
+        let mut req = origin_form(req);
+        let mut reuse = true;
+        loop {
+            let now = tokio::time::Instant::now();
+            let idle = if reuse {
+                self.take_idle(kind, cluster, target, &opts, now)
+            } else {
+                None
+            };
+            let reused = idle.is_some();
+            let mut conn = match idle {
+                Some(p) => p,
+                None => Pooled {
+                    sender: open_h1(target, &opts, tls, svid).await?,
                     opened: now,
+                    pooled: now,
                     requests: 0,
+                },
+            };
+            let fut = conn.sender.try_send_request(req);
+            conn.requests += 1;
+            // A retired connection is dropped here: it closes once its last
+            // response is read.
+            if opts.reusable(conn.opened, conn.requests, now) {
+                conn.pooled = now;
+                let mut pools = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let list = idle_list(&mut pools[kind], cluster, target);
+                if list.len() < MAX_IDLE {
+                    list.push(conn);
                 }
             }
-        };
-        let fut = conn.sender.send_request(origin_form(req));
-        conn.requests += 1;
-        // A retired connection is dropped here: it closes once its last
-        // response is read.
-        if opts.reusable(conn.opened, conn.requests, now) {
-            let mut pool = self.mtls_idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle_list(&mut pool, cluster, target);
-            if list.len() < MAX_IDLE_MTLS {
-                list.push(conn);
+            match fut.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        reuse = false;
+                    }
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
             }
         }
-        fut.await.map_err(UpstreamError::Http)
     }
+
+    /// An idle connection of the given kind to `target` that may take a
+    /// request now; closed, retired and idle-expired ones are dropped.
+    fn take_idle(
+        &self,
+        kind: usize,
+        cluster: &str,
+        target: std::net::SocketAddr,
+        opts: &ConnOptions,
+        now: tokio::time::Instant,
+    ) -> Option<Pooled> {
+        let idle_timeout = opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let mut pools = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle_list(&mut pools[kind], cluster, target);
+        list.retain(|p| {
+            !p.sender.is_closed()
+                && opts.reusable(p.opened, p.requests, now)
+                && now.saturating_duration_since(p.pooled) < idle_timeout
+        });
+        list.iter()
+            .position(|p| p.sender.is_ready())
+            .map(|i| list.swap_remove(i))
+    }
+}
+
+/// Opens an HTTP/1.1 connection to `target`, mutual TLS when `tls` is set.
+async fn open_h1(
+    target: std::net::SocketAddr,
+    opts: &ConnOptions,
+    tls: Option<&crate::config::UpstreamTls>,
+    svid: &crate::tls::SvidReceiver,
+) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    let tcp = connect_tcp(target, opts).await?;
+    let Some(tls) = tls else {
+        return handshake_h1(tcp).await;
+    };
+    let stream = crate::tls::connect(tcp, svid, tls, crate::tls::Carrying::Http1)
+        .await
+        .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+    handshake_h1(stream).await
+}
+
+/// The HTTP/1.1 handshake over `stream`; the connection runs on its own
+/// task until it closes.
+async fn handshake_h1<S>(stream: S) -> Result<SendRequest<ProxyBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 fn origin_form<B>(req: http::Request<B>) -> http::Request<B> {
@@ -384,6 +386,139 @@ mod tests {
         .await
         .unwrap();
         assert!(!getsockopt(&plain, sockopt::KeepAlive).unwrap());
+    }
+
+    /// A plain HTTP/1.1 server on a thread: every connection answers each
+    /// request with the connection's number (from 1). With `hold_first`, the
+    /// first connection waits after its first answer until `close` is
+    /// signalled, then writes a byte to `hold_first`, closes, and says so on
+    /// the returned receiver.
+    fn numbered_server(
+        hold_first: Option<std::os::unix::net::UnixStream>,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut close = Some((close_rx, closed_tx));
+            let mut hold_first = hold_first;
+            for (n, conn) in (1..).zip(l.incoming()) {
+                let Ok(mut conn) = conn else { return };
+                let first = if n == 1 {
+                    hold_first.take().zip(close.take())
+                } else {
+                    None
+                };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        buf.clear();
+                        let body = n.to_string();
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if conn.write_all(format!("{head}{body}").as_bytes()).is_err() {
+                            return;
+                        }
+                        if let Some((mut signal, (close_rx, closed_tx))) = first {
+                            let _ = close_rx.recv();
+                            let _ = signal.write_all(b"x");
+                            drop(conn);
+                            let _ = closed_tx.send(());
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, close_tx, closed_rx)
+    }
+
+    async fn get_number(
+        up: &Upstreams,
+        addr: std::net::SocketAddr,
+        opts: ConnOptions,
+    ) -> Result<String, UpstreamError> {
+        use http_body_util::BodyExt;
+        let req = http::Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "numbers")
+            .body(super::super::forward::empty_body())
+            .unwrap();
+        let svid = crate::tls::no_svid();
+        let resp = up
+            .send_h1_pooled("numbers", req, addr, opts, None, &svid)
+            .await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        // Let the connection task see the end of the response.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn opts(idle_timeout: Option<Duration>) -> ConnOptions {
+        ConnOptions {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_connections_are_reused_until_idle_past_the_timeout() {
+        let (addr, _close, _closed) = numbered_server(None);
+        let up = Upstreams::default();
+        let o = opts(Some(Duration::from_millis(150)));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(get_number(&up, addr, o).await.unwrap());
+        }
+        assert_eq!(seen, ["1", "1", "1"], "one pooled connection");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            get_number(&up, addr, o).await.unwrap(),
+            "2",
+            "idle past the timeout: a new connection"
+        );
+        assert_eq!(get_number(&up, addr, o).await.unwrap(), "2");
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_back_by_a_closing_pooled_connection_goes_over_a_new_one() {
+        let (signal, waiter) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (addr, close, closed) = numbered_server(Some(signal));
+        waiter.set_nonblocking(true).unwrap();
+        let waiter = tokio::net::UnixStream::from_std(waiter).unwrap();
+        let up = Upstreams::default();
+        let o = opts(None);
+        assert_eq!(get_number(&up, addr, o).await.unwrap(), "1");
+        // The upstream signals, then closes the pooled connection, while
+        // this task blocks the (current-thread) runtime. Both events reach
+        // the runtime in one poll, the signal first: this task runs before
+        // the connection's task has seen the close, queues the request on
+        // it, and the connection's task then finds the close before writing
+        // and hands the request back.
+        close.send(()).unwrap();
+        closed.recv().unwrap();
+        waiter.readable().await.unwrap();
+        assert_eq!(
+            get_number(&up, addr, o).await.unwrap(),
+            "2",
+            "sent again over a new connection"
+        );
     }
 
     #[tokio::test(start_paused = true)]
