@@ -65,17 +65,22 @@ pub struct ConnInfo {
     pub peer_exchange: bool,
 }
 
-/// Sets `x-forwarded-client-cert` on an inbound request as Istio's sidecars
-/// do: whatever the client sent is dropped (a plain-text client could claim
-/// any identity), and over mTLS the header names this workload (`By`) and
-/// the verified client (`URI`), so the app can see who called it.
-pub fn set_forwarded_client_cert(headers: &mut http::HeaderMap, own: &str, peer: Option<&str>) {
-    const XFCC: &str = "x-forwarded-client-cert";
-    headers.remove(XFCC);
-    if let Some(peer) = peer
-        && let Ok(v) = http::HeaderValue::from_str(&format!("By={own};URI={peer}"))
-    {
-        headers.insert(XFCC, v);
+/// The `x-forwarded-client-cert` value Istio's sidecars set on an inbound
+/// request over mTLS: this workload (`By`) and the verified client (`URI`),
+/// so the app can see who called it. `None` without a verified client.
+/// Computed once per connection: both identities are the connection's.
+pub fn forwarded_client_cert(own: &str, peer: Option<&str>) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("By={own};URI={}", peer?)).ok()
+}
+
+/// Sets `x-forwarded-client-cert` on an inbound request: whatever the
+/// client sent is dropped (a plain-text client could claim any identity),
+/// and `value` ([`forwarded_client_cert`]) set when there is one.
+pub fn set_forwarded_client_cert(headers: &mut http::HeaderMap, value: Option<&HeaderValue>) {
+    const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+    headers.remove(&XFCC);
+    if let Some(v) = value {
+        headers.insert(XFCC, v.clone());
     }
 }
 
@@ -88,8 +93,16 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let xfcc = if info.inbound {
+        forwarded_client_cert(&shared.workload.principal, info.peer_identity.as_deref())
+    } else {
+        None
+    };
     let info = Arc::new(info);
-    let last_series = Arc::new(ConnCache::default());
+    let last_series = Arc::new(ConnCache {
+        xfcc,
+        ..ConnCache::default()
+    });
     let mut draining = shared.draining.subscribe();
     let svc = hyper::service::service_fn(move |req| {
         let (hcm, shared, info) = (hcm.clone(), shared.clone(), info.clone());
@@ -124,6 +137,8 @@ type LastSeries = Mutex<Option<(SeriesKey, RequestSeries)>>;
 struct ConnCache {
     series: LastSeries,
     peer: ConnPeer,
+    /// The `x-forwarded-client-cert` inbound requests get.
+    xfcc: Option<HeaderValue>,
 }
 
 /// The per-request parts of the request metric labels.
@@ -239,11 +254,7 @@ async fn handle(
     let from_peer = Received::take(req.headers_mut());
     let grpc = is_grpc(req.headers());
     if info.inbound {
-        set_forwarded_client_cert(
-            req.headers_mut(),
-            &shared.workload.principal,
-            info.peer_identity.as_deref(),
-        );
+        set_forwarded_client_cert(req.headers_mut(), cache.xfcc.as_ref());
     }
     // The latest config at the start of the request: routes pushed later
     // apply to later requests, never to this one.
@@ -594,7 +605,7 @@ fn redirect(
 
 #[cfg(test)]
 mod tests {
-    use super::{host_of, qualify, set_forwarded_client_cert};
+    use super::{forwarded_client_cert, host_of, qualify, set_forwarded_client_cert};
 
     #[test]
     fn inbound_hosts_written_short_name_the_service_in_full() {
@@ -627,11 +638,9 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        set_forwarded_client_cert(
-            &mut h,
-            own,
-            Some("spiffe://cluster.local/ns/shop/sa/productpage"),
-        );
+        let xfcc =
+            forwarded_client_cert(own, Some("spiffe://cluster.local/ns/shop/sa/productpage"));
+        set_forwarded_client_cert(&mut h, xfcc.as_ref());
         assert_eq!(
             h["x-forwarded-client-cert"],
             "By=spiffe://cluster.local/ns/shop/sa/reviews;URI=spiffe://cluster.local/ns/shop/sa/productpage"
@@ -643,7 +652,9 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        set_forwarded_client_cert(&mut h, own, None);
+        let xfcc = forwarded_client_cert(own, None);
+        assert!(xfcc.is_none());
+        set_forwarded_client_cert(&mut h, xfcc.as_ref());
         assert!(h.get("x-forwarded-client-cert").is_none());
     }
 }
