@@ -71,6 +71,21 @@ pub struct Ports {
     pub status: u16,
 }
 
+impl Ports {
+    /// Ports picked free on 127.0.0.1 now.
+    pub fn pick() -> Result<Ports, MeshError> {
+        Ok(Ports {
+            app: free_port()?,
+            inbound: free_port()?,
+            outbound: free_port()?,
+            admin: free_port()?,
+            health: free_port()?,
+            prometheus: free_port()?,
+            status: free_port()?,
+        })
+    }
+}
+
 /// One workload to start: a sidecar in explicit mode, and the demo app
 /// when it serves a service.
 #[derive(Debug, Clone, Default)]
@@ -126,6 +141,39 @@ pub struct ExplicitMesh {
 fn io(what: String) -> impl FnOnce(std::io::Error) -> MeshError {
     move |source| MeshError::Io { what, source }
 }
+
+/// The last `lines` lines of a log, after its first error or panic message
+/// when that is further up (a backtrace would otherwise push it out).
+pub fn excerpt(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let tail_from = all.len().saturating_sub(lines);
+    let first_error = all
+        .iter()
+        .position(|l| l.starts_with("Error: ") || l.contains("panicked at"));
+    match first_error {
+        Some(i) if i < tail_from => {
+            let head = &all[i..(i + 4).min(tail_from)];
+            format!(
+                "{}\n[...]\n{}",
+                head.join("\n"),
+                all[tail_from..].join("\n")
+            )
+        }
+        _ => all[tail_from..].join("\n"),
+    }
+}
+
+/// What a sidecar logs once it has bound its admin, health and Prometheus
+/// ports.
+const PROXY_STARTED: &str = "connecting to the control plane";
+
+/// What the demo app logs once it listens.
+const APP_STARTED: &str = "listening on";
+
+/// How often a workload is started again with other ports when one picked
+/// free was taken before the process bound it (another process's outgoing
+/// connection can get it as its ephemeral port in between).
+const PORT_RETRIES: usize = 3;
 
 impl ExplicitMesh {
     /// Starts meshd with its CA on free loopback ports (temp work dir) and
@@ -209,6 +257,9 @@ impl ExplicitMesh {
             .map_err(io(format!("opening {}", path.display())))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
+            // An error a process exits with reads better without a
+            // backtrace (panics keep theirs, under RUST_BACKTRACE).
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
@@ -228,8 +279,7 @@ impl ExplicitMesh {
     /// `<name>-app`).
     pub fn log_tail(&self, label: &str, lines: usize) -> String {
         let text = fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        excerpt(&text, lines)
     }
 
     /// Every process's log tail, for a failing test's message.
@@ -287,15 +337,24 @@ impl ExplicitMesh {
     /// join token) and, when it serves a service, the demo app on its own
     /// port calling its upstreams through the sidecar. Returns its ports.
     pub fn workload(&mut self, w: ExplicitWorkload) -> Result<Ports, MeshError> {
-        let p = Ports {
-            app: free_port()?,
-            inbound: free_port()?,
-            outbound: free_port()?,
-            admin: free_port()?,
-            health: free_port()?,
-            prometheus: free_port()?,
-            status: free_port()?,
-        };
+        let mut tries = 0;
+        loop {
+            match self.start_workload(&w, Ports::pick()?) {
+                Err(MeshError::ChildExited { log_tail, .. })
+                    if tries < PORT_RETRIES && log_tail.contains("Address already in use") =>
+                {
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One start of `w` on the ports `p`: its sidecar, then its app, each
+    /// waited for until it has bound its ports. Whatever of it started is
+    /// stopped again when a process exits instead
+    /// ([`MeshError::ChildExited`]).
+    pub fn start_workload(&mut self, w: &ExplicitWorkload, p: Ports) -> Result<Ports, MeshError> {
         let service = w.service.clone().unwrap_or_else(|| w.name.clone());
         let mut argv = vec![
             self.bin("mesh-proxy")?,
@@ -344,7 +403,9 @@ impl ExplicitMesh {
             ("PROMETHEUS_PORT", p.prometheus.to_string()),
             ("STATUS_PORT", p.status.to_string()),
         ];
-        self.spawn(&format!("{}-proxy", w.name), &argv, &env)?;
+        let proxy = format!("{}-proxy", w.name);
+        self.spawn(&proxy, &argv, &env)?;
+        self.wait_started(&proxy, PROXY_STARTED)?;
         if w.service.is_some() {
             let mut argv = vec![
                 self.bin("mesh-demo-app")?,
@@ -360,9 +421,59 @@ impl ExplicitMesh {
             for u in &w.upstreams {
                 argv.extend(["--upstream".into(), u.clone()]);
             }
-            self.spawn(&format!("{}-app", w.name), &argv, &[])?;
+            let app = format!("{}-app", w.name);
+            self.spawn(&app, &argv, &[])?;
+            if let Err(e) = self.wait_started(&app, APP_STARTED) {
+                self.stop(&proxy);
+                return Err(e);
+            }
         }
         Ok(p)
+    }
+
+    /// Waits until `label`'s log shows `started`; a process that exits
+    /// first is taken out of the list and reported as
+    /// [`MeshError::ChildExited`].
+    fn wait_started(&mut self, label: &str, started: &str) -> Result<(), MeshError> {
+        let path = self.logs.join(format!("{label}.log"));
+        let procs = &mut self.procs;
+        let exited = poll(
+            &format!("{label} starting"),
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                let log = fs::read_to_string(&path).unwrap_or_default();
+                if log.contains(started) {
+                    return Ok(None);
+                }
+                let child = procs.iter_mut().find(|(l, _)| l == label);
+                match child.map(|(_, c)| c.try_wait()) {
+                    Some(Ok(Some(status))) => Ok(Some(status)),
+                    _ => Err(excerpt(&log, 15)),
+                }
+            },
+        )?;
+        let Some(status) = exited else {
+            return Ok(());
+        };
+        let log_tail = self.log_tail(label, 15);
+        let pid = self.stop(label).unwrap_or_default();
+        Err(MeshError::ChildExited {
+            label: label.to_owned(),
+            pid,
+            status: status.to_string(),
+            during: "starting".into(),
+            log_tail,
+        })
+    }
+
+    /// Stops `label` (by its PID) and takes it out of the list; its PID.
+    fn stop(&mut self, label: &str) -> Option<u32> {
+        let pos = self.procs.iter().position(|(l, _)| l == label)?;
+        let (_, mut child) = self.procs.remove(pos);
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(child.id())
     }
 
     /// meshd's `/debug/syncz`.
@@ -436,5 +547,28 @@ impl Drop for ExplicitMesh {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_keeps_the_error_a_backtrace_would_push_out_of_the_tail() {
+        let mut log = vec!["starting", "Error: cannot bind admin on 127.0.0.1:4000"];
+        log.extend(["", "Caused by:", "    Address already in use (os error 98)"]);
+        let frames: Vec<String> = (0..30).map(|i| format!("  {i}: frame")).collect();
+        log.extend(frames.iter().map(String::as_str));
+        let text = log.join("\n");
+        let e = excerpt(&text, 5);
+        assert!(
+            e.starts_with("Error: cannot bind admin on 127.0.0.1:4000\n\nCaused by:\n"),
+            "{e}"
+        );
+        assert!(e.ends_with("  25: frame\n  26: frame\n  27: frame\n  28: frame\n  29: frame"));
+        // An error within the tail, or none: just the tail.
+        assert_eq!(excerpt("a\nError: x\nb", 5), "a\nError: x\nb");
+        assert_eq!(excerpt("a\nb\nc", 2), "b\nc");
     }
 }

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use mesh_e2e::demo::Reply;
-use mesh_e2e::explicit::{ExplicitMesh, ExplicitWorkload};
-use mesh_e2e::mesh::{http_get, poll};
+use mesh_e2e::explicit::{ExplicitMesh, ExplicitWorkload, Ports};
+use mesh_e2e::mesh::{MeshError, http_get, poll};
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 
@@ -116,4 +116,36 @@ fn explicit_sidecars_route_by_host_with_mtls_and_strict_refuses_plain_text() {
     let r = reply(&body).unwrap();
     assert_eq!(r.upstreams[0].status, 200, "{body}");
     assert_eq!(r.upstreams[0].body["caller"], CLIENT_ID);
+}
+
+/// A port picked free can be taken before the sidecar binds it (another
+/// process's outgoing connection may get it as its ephemeral port): the
+/// harness sees the sidecar exit with "Address already in use", stops what
+/// it started and, in `workload`, starts again on other ports.
+#[test]
+fn a_sidecar_whose_port_was_taken_is_reported_and_started_again_elsewhere() {
+    let mut mesh = ExplicitMesh::start().unwrap_or_else(|e| panic!("{e}"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = Ports {
+        admin: taken.local_addr().unwrap().port(),
+        ..Ports::pick().unwrap()
+    };
+    let w = ExplicitWorkload::server("reviews-v1", "reviews", "v1");
+    match mesh.start_workload(&w, ports) {
+        Err(MeshError::ChildExited {
+            label, log_tail, ..
+        }) => {
+            assert_eq!(label, "reviews-v1-proxy");
+            assert!(log_tail.contains("Address already in use"), "{log_tail}");
+        }
+        other => panic!("expected the sidecar to exit: {other:?}"),
+    }
+    assert!(
+        mesh.processes().iter().all(|(l, _)| l == "meshd"),
+        "only meshd is left: {:?}",
+        mesh.processes()
+    );
+    let again = mesh.workload(w).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(again.admin, ports.admin);
+    mesh.wait_synced(1).unwrap_or_else(|e| panic!("{e}"));
 }
