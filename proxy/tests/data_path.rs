@@ -288,18 +288,7 @@ fn routes(default_cluster: &str) -> xr::RouteConfiguration {
             slow_limited(),
             route("/ws", "upgrade"),
             route("/outlier", "outlier"),
-            {
-                let mut r = route("/mirror", "v1");
-                let Some(xr::route::Action::Route(ra)) = &mut r.action else {
-                    unreachable!()
-                };
-                ra.request_mirror_policies
-                    .push(xr::route_action::RequestMirrorPolicy {
-                        cluster: "shadow".into(),
-                        ..Default::default()
-                    });
-                r
-            },
+            with_mirror(route("/mirror", "v1"), "shadow"),
             route("/flaky-noretry", "flaky-b"),
             with_retry(route("/retry-connect", "half-down"), "connect-failure", 1),
             route("/", default_cluster),

@@ -14,7 +14,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::envoy::pb::envoy::config::core::v3 as xc;
 use mesh_proto::envoy::pb::envoy::config::listener::v3 as xl;
-use mesh_proto::envoy::pb::envoy::config::route::v3 as xr;
 use mesh_proto::envoy::pb::envoy::extensions::transport_sockets::tls::v3 as xt;
 use mesh_proxy::runtime::{Shared, WorkloadInfo};
 use mesh_proxy::tls::Svid;
@@ -195,15 +194,7 @@ async fn setup() -> Env {
     );
     let to_permissive = route("/permissive", "to-permissive");
     // Served by the permissive chain, shadowed to the STRICT one.
-    let mut mirrored = route("/mirrored", "to-permissive");
-    let Some(xr::route::Action::Route(ra)) = &mut mirrored.action else {
-        unreachable!()
-    };
-    ra.request_mirror_policies
-        .push(xr::route_action::RequestMirrorPolicy {
-            cluster: "to-reviews".into(),
-            ..Default::default()
-        });
+    let mirrored = with_mirror(route("/mirrored", "to-permissive"), "to-reviews");
     let mut to_impostor = route("/impostor", "to-impostor");
     to_impostor.name = "impostor".into();
     ads.push_delta(

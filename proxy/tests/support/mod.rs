@@ -427,6 +427,19 @@ pub fn route(prefix: &str, cluster: &str) -> xr::Route {
     }
 }
 
+/// `r` (a forwarding route) also shadowing its requests to `cluster`.
+pub fn with_mirror(mut r: xr::Route, cluster: &str) -> xr::Route {
+    let Some(xr::route::Action::Route(ra)) = &mut r.action else {
+        unreachable!("a forwarding route")
+    };
+    ra.request_mirror_policies
+        .push(xr::route_action::RequestMirrorPolicy {
+            cluster: cluster.into(),
+            ..Default::default()
+        });
+    r
+}
+
 pub fn route_table(name: &str, domains: &[&str], routes: Vec<xr::Route>) -> xr::RouteConfiguration {
     xr::RouteConfiguration {
         name: name.into(),
