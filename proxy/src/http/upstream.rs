@@ -17,13 +17,22 @@ use super::flags::ProxyBody;
 use crate::config::{Cluster, TcpKeepalive};
 
 /// A pooled HTTP/1.1 connection: its sender, when it was opened, when it
-/// last went back to the pool and how many requests it carried.
+/// last went back to the pool, how many requests it carried and how long
+/// it may stay unused (its cluster's idle timeout).
 #[derive(Debug)]
 struct Pooled {
     sender: SendRequest<ProxyBody>,
     opened: tokio::time::Instant,
     pooled: tokio::time::Instant,
     requests: u32,
+    idle_timeout: Duration,
+}
+
+impl Pooled {
+    /// Whether the connection is closed or unused past its idle timeout.
+    fn expired(&self, now: tokio::time::Instant) -> bool {
+        self.sender.is_closed() || now.saturating_duration_since(self.pooled) >= self.idle_timeout
+    }
 }
 
 /// Envoy's default upstream idle timeout: a pooled connection unused for
@@ -131,12 +140,64 @@ fn idle_list<'a>(
 /// Most idle HTTP/1.1 connections kept per cluster endpoint.
 const MAX_IDLE: usize = 32;
 
+/// How often the whole pool is swept for closed and idle-expired
+/// connections (those of endpoints no request goes to any more are never
+/// looked at otherwise).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The idle HTTP/1.1 connections: plain ones at index 0, mTLS at 1 (a
+/// cluster whose TLS setting changes never gets the other kind), and when
+/// they were last swept.
+#[derive(Debug, Default)]
+struct IdlePools {
+    kinds: [Idle; 2],
+    swept: Option<tokio::time::Instant>,
+}
+
+impl IdlePools {
+    /// Sweeps when the last sweep is [`SWEEP_EVERY`] old.
+    fn sweep_if_due(&mut self, now: tokio::time::Instant) {
+        if self
+            .swept
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+        {
+            self.sweep(now);
+        }
+    }
+
+    /// Drops closed and idle-expired connections (dropping the last sender
+    /// closes a connection once its response is read), then the endpoints
+    /// and clusters left without any.
+    fn sweep(&mut self, now: tokio::time::Instant) {
+        for pool in &mut self.kinds {
+            for endpoints in pool.values_mut() {
+                for list in endpoints.values_mut() {
+                    list.retain(|p| !p.expired(now));
+                }
+                endpoints.retain(|_, list| !list.is_empty());
+            }
+            pool.retain(|_, endpoints| !endpoints.is_empty());
+        }
+        self.swept = Some(now);
+    }
+
+    /// How many connections the pool holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.kinds
+            .iter()
+            .flat_map(|pool| pool.values())
+            .flat_map(|endpoints| endpoints.values())
+            .map(Vec::len)
+            .sum()
+    }
+}
+
 /// Pooled upstream connections.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    /// Idle HTTP/1.1 connections: plain ones at index 0, mTLS at 1 (a
-    /// cluster whose TLS setting changes never gets the other kind).
-    idle: Mutex<[Idle; 2]>,
+    /// Idle HTTP/1.1 connections.
+    idle: Mutex<IdlePools>,
     /// HTTP/2 connections (plain and mTLS) and pending requests.
     pub h2: H2Pool,
 }
@@ -208,6 +269,7 @@ impl Upstreams {
                     opened: now,
                     pooled: now,
                     requests: 0,
+                    idle_timeout: opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
                 },
             };
             let fut = conn.sender.try_send_request(req);
@@ -217,7 +279,7 @@ impl Upstreams {
             if opts.reusable(conn.opened, conn.requests, now) {
                 conn.pooled = now;
                 let mut pools = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let list = idle_list(&mut pools[kind], cluster, target);
+                let list = idle_list(&mut pools.kinds[kind], cluster, target);
                 if list.len() < MAX_IDLE {
                     list.push(conn);
                 }
@@ -236,7 +298,8 @@ impl Upstreams {
     }
 
     /// An idle connection of the given kind to `target` that may take a
-    /// request now; closed, retired and idle-expired ones are dropped.
+    /// request now; closed, retired and idle-expired ones are dropped (and,
+    /// every [`SWEEP_EVERY`], those of every other endpoint).
     fn take_idle(
         &self,
         kind: usize,
@@ -245,14 +308,10 @@ impl Upstreams {
         opts: &ConnOptions,
         now: tokio::time::Instant,
     ) -> Option<Pooled> {
-        let idle_timeout = opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let mut pools = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle_list(&mut pools[kind], cluster, target);
-        list.retain(|p| {
-            !p.sender.is_closed()
-                && opts.reusable(p.opened, p.requests, now)
-                && now.saturating_duration_since(p.pooled) < idle_timeout
-        });
+        pools.sweep_if_due(now);
+        let list = idle_list(&mut pools.kinds[kind], cluster, target);
+        list.retain(|p| !p.expired(now) && opts.reusable(p.opened, p.requests, now));
         list.iter()
             .position(|p| p.sender.is_ready())
             .map(|i| list.swap_remove(i))
@@ -494,6 +553,36 @@ mod tests {
             "idle past the timeout: a new connection"
         );
         assert_eq!(get_number(&up, addr, o).await.unwrap(), "2");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_drops_idle_expired_connections_of_endpoints_no_longer_used() {
+        let (addr, _close, _closed) = numbered_server(None);
+        let up = Upstreams::default();
+        assert_eq!(
+            get_number(&up, addr, opts(Some(Duration::from_millis(100))))
+                .await
+                .unwrap(),
+            "1"
+        );
+        let lock = || up.idle.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        lock().sweep(now);
+        assert_eq!(lock().len(), 1, "not yet idle past its timeout");
+        lock().sweep(now + Duration::from_millis(150));
+        assert_eq!(lock().len(), 0);
+        assert!(
+            lock().kinds[0].is_empty(),
+            "no empty cluster or endpoint entries left"
+        );
+        // Due once SWEEP_EVERY has passed since the last sweep.
+        let mut pools = IdlePools::default();
+        pools.sweep_if_due(now);
+        assert_eq!(pools.swept, Some(now));
+        pools.sweep_if_due(now + Duration::from_secs(29));
+        assert_eq!(pools.swept, Some(now));
+        pools.sweep_if_due(now + SWEEP_EVERY);
+        assert_eq!(pools.swept, Some(now + SWEEP_EVERY));
     }
 
     #[tokio::test]
