@@ -128,6 +128,27 @@ pub fn http_call(
     result.map_err(unexpected)
 }
 
+/// The last `lines` lines of a log, after its first error or panic message
+/// when that is further up (a backtrace would otherwise push it out).
+pub fn excerpt(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let tail_from = all.len().saturating_sub(lines);
+    let first_error = all
+        .iter()
+        .position(|l| l.starts_with("Error: ") || l.contains("panicked at"));
+    match first_error {
+        Some(i) if i < tail_from => {
+            let head = &all[i..(i + 4).min(tail_from)];
+            format!(
+                "{}\n[...]\n{}",
+                head.join("\n"),
+                all[tail_from..].join("\n")
+            )
+        }
+        _ => all[tail_from..].join("\n"),
+    }
+}
+
 /// Polls `check` every `every` until it returns `Some`, or fails after
 /// `timeout` with the last detail it gave.
 pub fn poll<T>(
@@ -758,5 +779,28 @@ impl LocalMesh {
     /// Waits until `count` proxies are connected and SYNCED on every type.
     pub fn wait_synced(&self, count: usize) {
         self.ok("wait for SYNCED", self.inner.wait_synced(count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_keeps_the_error_a_backtrace_would_push_out_of_the_tail() {
+        let mut log = vec!["starting", "Error: cannot bind admin on 127.0.0.1:4000"];
+        log.extend(["", "Caused by:", "    Address already in use (os error 98)"]);
+        let frames: Vec<String> = (0..30).map(|i| format!("  {i}: frame")).collect();
+        log.extend(frames.iter().map(String::as_str));
+        let text = log.join("\n");
+        let e = excerpt(&text, 5);
+        assert!(
+            e.starts_with("Error: cannot bind admin on 127.0.0.1:4000\n\nCaused by:\n"),
+            "{e}"
+        );
+        assert!(e.ends_with("  25: frame\n  26: frame\n  27: frame\n  28: frame\n  29: frame"));
+        // An error within the tail, or none: just the tail.
+        assert_eq!(excerpt("a\nError: x\nb", 5), "a\nError: x\nb");
+        assert_eq!(excerpt("a\nb\nc", 2), "b\nc");
     }
 }

@@ -343,6 +343,9 @@ impl Node {
             ]);
         }
         cmd.args(argv)
+            // An error a process exits with reads better without a
+            // backtrace (panics keep theirs, under RUST_BACKTRACE).
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
@@ -384,9 +387,7 @@ impl Node {
     /// The last `lines` lines of one process's log.
     pub fn log_tail_of(&self, label: &str, lines: usize) -> String {
         let text = fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        all[start..].join("\n")
+        crate::mesh::excerpt(&text, lines)
     }
 
     /// The processes started by [`Node::spawn`] and still tracked: label
