@@ -189,6 +189,28 @@ pub struct Workload<'a> {
     pub svid_ttl: Option<u64>,
 }
 
+impl<'a> Workload<'a> {
+    /// A pure client `name` (service account `name`, version `v1`).
+    pub fn client(name: &'a str) -> Self {
+        Workload {
+            name,
+            service_account: name,
+            service: None,
+            version: "v1",
+            svid_ttl: None,
+        }
+    }
+
+    /// Workload `name` serving the service `name` (service account
+    /// `name`, version `v1`).
+    pub fn server(name: &'a str) -> Self {
+        Workload {
+            service: Some(name),
+            ..Workload::client(name)
+        }
+    }
+}
+
 /// Paths of the binaries the mesh runs, resolved once at start.
 #[derive(Debug, Clone)]
 struct Bins {

@@ -24,20 +24,8 @@ fn mtls_between_pods_carries_the_client_identity_and_strict_refuses_plaintext() 
     }
     let mut mesh = LocalMesh::start("mtls");
     mesh.apply("strict", STRICT);
-    let server = mesh.workload(Workload {
-        name: "server",
-        service_account: "server",
-        service: Some("server"),
-        version: "v1",
-        svid_ttl: None,
-    });
-    let client = mesh.workload(Workload {
-        name: "client",
-        service_account: "client",
-        service: None,
-        version: "v1",
-        svid_ttl: None,
-    });
+    let server = mesh.workload(Workload::server("server"));
+    let client = mesh.workload(Workload::client("client"));
     let outsider = mesh.node.add_pod("outsider").unwrap();
     let vip = mesh.vip(&client, "server.default.svc.cluster.local");
 

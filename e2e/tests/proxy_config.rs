@@ -22,13 +22,7 @@ fn meshctl_proxy_config_lists_a_sidecars_clusters_and_check_passes() {
         version: "v1",
         svid_ttl: None,
     });
-    let client = mesh.workload(Workload {
-        name: "productpage",
-        service_account: "productpage",
-        service: None,
-        version: "v1",
-        svid_ttl: None,
-    });
+    let client = mesh.workload(Workload::client("productpage"));
     mesh.wait_synced(2);
     let meshctl = mesh.bin("meshctl").unwrap();
     let netns = mesh.node.netns().to_string();

@@ -50,13 +50,7 @@ fn reviews(mesh: &mut LocalMesh, name: &str, error_rate: f64) -> Pod {
 }
 
 fn client(mesh: &mut LocalMesh) -> Pod {
-    mesh.workload(Workload {
-        name: "productpage",
-        service_account: "productpage",
-        service: None,
-        version: "v1",
-        svid_ttl: None,
-    })
+    mesh.workload(Workload::client("productpage"))
 }
 
 /// GETs a path of the client sidecar's admin (15000) or metrics (15090).

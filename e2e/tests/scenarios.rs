@@ -60,13 +60,7 @@ fn bookshop(test: &str) -> (LocalMesh, mesh_e2e::netns::Pod, String) {
             svid_ttl: None,
         });
     }
-    let client = mesh.workload(Workload {
-        name: "productpage",
-        service_account: "productpage",
-        service: None,
-        version: "v1",
-        svid_ttl: None,
-    });
+    let client = mesh.workload(Workload::client("productpage"));
     mesh.wait_synced(3);
     let vip = mesh.vip(&client, REVIEWS);
     (mesh, client, format!("http://{vip}:9080/reviews"))

@@ -57,22 +57,10 @@ fn tcp_between_pods_exchanges_metadata_and_keeps_the_bytes_intact() {
             }
         });
     });
-    let w = Workload {
-        name: "db",
-        service_account: "db",
-        service: Some("db"),
-        version: "v1",
-        svid_ttl: None,
-    };
+    let w = Workload::server("db");
     mesh.sidecar_serving(&db, w, "tcp:9000")
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.node.log_tail(25)));
-    let client = mesh.workload(Workload {
-        name: "client",
-        service_account: "client",
-        service: None,
-        version: "v1",
-        svid_ttl: None,
-    });
+    let client = mesh.workload(Workload::client("client"));
     let vip = mesh.vip(&client, "db.default.svc.cluster.local");
     let target = format!("{vip}:9000");
     let client_netns = client.netns.clone();
