@@ -5,7 +5,7 @@ pub mod detect;
 pub mod original_dst;
 pub mod sni;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,15 +100,32 @@ fn needs_sni(l: &Listener, dst: SocketAddr) -> bool {
     })
 }
 
-/// Serves one listener (by name) on an already bound socket. Each
-/// connection uses the listener config current when it was accepted.
+/// Serves one listener (by name) on an already bound socket until the proxy
+/// drains. Each connection uses the listener config current when it was
+/// accepted.
 pub async fn serve(tcp: TcpListener, name: String, shared: Arc<Shared>) {
+    serve_until(tcp, name, shared, std::future::pending()).await
+}
+
+/// [`serve`], which also stops accepting (and closes the socket, releasing
+/// its port) when `stop` completes. Connections already accepted go on.
+async fn serve_until(
+    tcp: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut draining = shared.draining.subscribe();
+    let mut stop = std::pin::pin!(stop);
     loop {
         let accepted = tokio::select! {
             a = tcp.accept() => a,
             _ = draining.wait_for(|d| *d) => {
                 info!(listener = %name, "draining: no longer accepting");
+                return;
+            }
+            _ = &mut stop => {
+                info!(listener = %name, address = ?tcp.local_addr().ok(), "listener closed");
                 return;
             }
         };
@@ -205,36 +222,145 @@ async fn serve_chain<S>(
     }
 }
 
-/// Binds every configured listener once, as listeners appear in the config;
-/// `port_overrides` remaps a listener's port by name (e.g. `--outbound-port`
-/// for `virtualOutbound`). A listener's address change needs a restart.
-/// Runs until the config channel closes.
-pub async fn run(shared: Arc<Shared>, port_overrides: std::collections::BTreeMap<String, u16>) {
-    let mut rx = shared.config.clone();
-    let mut bound = BTreeSet::new();
-    loop {
-        let config = rx.borrow_and_update().clone();
-        for (name, l) in &config.listeners {
-            if bound.contains(name) {
-                continue;
+/// First wait before binding a listener again after its bind failed; it
+/// doubles per failure up to [`BIND_RETRY_MAX`].
+const BIND_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two binds of a listener that keeps failing.
+const BIND_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A listener accepting on its socket.
+struct Bound {
+    address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A configured listener whose bind failed, waiting to be bound again.
+struct Unbound {
+    address: SocketAddr,
+    wait: Duration,
+    retry_at: tokio::time::Instant,
+}
+
+/// The listeners the proxy has bound, kept in step with the config as
+/// Envoy's listener manager does: a new listener is bound; one that left
+/// the config, or whose address changed, stops accepting and its socket is
+/// closed (its connections go on); one whose bind fails (the port is taken)
+/// is bound again after a backoff of 0.5 s doubling to 30 s, for as long as
+/// it stays in the config.
+#[derive(Default)]
+struct Listeners {
+    bound: BTreeMap<String, Bound>,
+    unbound: BTreeMap<String, Unbound>,
+}
+
+impl Listeners {
+    /// Brings the bound sockets in line with `wanted` (name → address).
+    /// Retries only the failed binds that are due at `now`.
+    async fn reconcile(
+        &mut self,
+        wanted: &BTreeMap<String, SocketAddr>,
+        shared: &Arc<Shared>,
+        now: tokio::time::Instant,
+    ) {
+        let stale: Vec<String> = self
+            .bound
+            .iter()
+            .filter(|(name, b)| wanted.get(*name) != Some(&b.address))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(b) = self.bound.remove(&name) {
+                let _ = b.stop.send(());
+                // The task returns at once, dropping (closing) the socket, so
+                // that a new listener may bind the same port right after.
+                let _ = b.task.await;
             }
-            let mut address = l.address;
-            if let Some(port) = port_overrides.get(name) {
-                address.set_port(*port);
+        }
+        self.unbound
+            .retain(|name, u| wanted.get(name) == Some(&u.address));
+        for (name, &address) in wanted {
+            if self.bound.contains_key(name)
+                || self.unbound.get(name).is_some_and(|u| u.retry_at > now)
+            {
+                continue;
             }
             match TcpListener::bind(address).await {
                 Ok(tcp) => {
                     info!(listener = %name, %address, "listening");
-                    bound.insert(name.clone());
-                    tokio::spawn(serve(tcp, name.clone(), shared.clone()));
+                    self.unbound.remove(name);
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    // Only an explicit stop closes the socket: if the manager
+                    // itself ends (the config channel closed), it serves on.
+                    let stopped = async move {
+                        if stopped.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    let task =
+                        tokio::spawn(serve_until(tcp, name.clone(), shared.clone(), stopped));
+                    self.bound.insert(
+                        name.clone(),
+                        Bound {
+                            address,
+                            stop,
+                            task,
+                        },
+                    );
                 }
                 Err(error) => {
-                    warn!(listener = %name, %address, %error, "cannot bind listener; will retry on the next config")
+                    let wait = self
+                        .unbound
+                        .get(name)
+                        .map_or(BIND_RETRY_FIRST, |u| (u.wait * 2).min(BIND_RETRY_MAX));
+                    warn!(listener = %name, %address, %error, retry_in = ?wait, "cannot bind listener");
+                    self.unbound.insert(
+                        name.clone(),
+                        Unbound {
+                            address,
+                            wait,
+                            retry_at: now + wait,
+                        },
+                    );
                 }
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+    }
+
+    /// When the next failed bind is due, if any.
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.unbound.values().map(|u| u.retry_at).min()
+    }
+}
+
+/// Keeps the configured listeners bound (see [`Listeners`]) until the config
+/// channel closes or the proxy drains; `port_overrides` remaps a listener's
+/// port by name (e.g. `--outbound-port` for `virtualOutbound`).
+pub async fn run(shared: Arc<Shared>, port_overrides: BTreeMap<String, u16>) {
+    let mut rx = shared.config.clone();
+    let mut draining = shared.draining.subscribe();
+    let mut listeners = Listeners::default();
+    loop {
+        let wanted: BTreeMap<String, SocketAddr> = rx
+            .borrow_and_update()
+            .listeners
+            .iter()
+            .map(|(name, l)| {
+                let mut address = l.address;
+                if let Some(port) = port_overrides.get(name) {
+                    address.set_port(*port);
+                }
+                (name.clone(), address)
+            })
+            .collect();
+        listeners
+            .reconcile(&wanted, &shared, tokio::time::Instant::now())
+            .await;
+        let retry = listeners.next_retry();
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = draining.wait_for(|d| *d) => return,
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {}
         }
     }
 }
@@ -341,5 +467,42 @@ mod tests {
         assert_eq!(pick(Some("b.example")), "wild");
         assert_eq!(pick(Some("other.org")), "no-sni");
         assert_eq!(pick(None), "no-sni");
+    }
+
+    #[tokio::test]
+    async fn a_failed_bind_is_retried_with_a_doubling_backoff_and_only_when_due() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let wanted = BTreeMap::from([("a".to_owned(), taken.local_addr().unwrap())]);
+        let (_tx, rx) =
+            tokio::sync::watch::channel(Arc::new(crate::config::ProxyConfig::default()));
+        let shared = Shared::new(rx);
+        let mut listeners = Listeners::default();
+        let mut now = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            listeners.reconcile(&wanted, &shared, now).await;
+            let due = listeners.next_retry().expect("a retry is pending");
+            // Not due yet: nothing is attempted, the wait does not grow.
+            listeners
+                .reconcile(&wanted, &shared, due - Duration::from_millis(1))
+                .await;
+            assert_eq!(listeners.next_retry(), Some(due));
+            waits.push((due - now).as_millis());
+            now = due;
+        }
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert!(listeners.bound.is_empty());
+
+        // The listener leaves the config: no retry is pending any more.
+        listeners.reconcile(&BTreeMap::new(), &shared, now).await;
+        assert_eq!(listeners.next_retry(), None);
+        // It comes back once the port is free: bound at once.
+        drop(taken);
+        listeners.reconcile(&wanted, &shared, now).await;
+        assert!(listeners.bound.contains_key("a"));
+        assert_eq!(listeners.next_retry(), None);
     }
 }
