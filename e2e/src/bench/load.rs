@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::BenchError;
 use super::parse::{self, OhaRun, WrkRun};
+use super::procs::pinned;
 
 /// How a load run is shaped.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +61,14 @@ pub fn oha_args(target: SocketAddr, shape: Shape) -> Vec<String> {
     ]
 }
 
-/// Runs oha at a fixed rate against `target`.
-pub fn oha(bin: &Path, target: SocketAddr, shape: Shape) -> Result<OhaRun, BenchError> {
-    let text = output("oha", Command::new(bin).args(oha_args(target, shape)))?;
+/// Runs oha at a fixed rate against `target`, on `cpus` if set.
+pub fn oha(
+    bin: &Path,
+    cpus: Option<&str>,
+    target: SocketAddr,
+    shape: Shape,
+) -> Result<OhaRun, BenchError> {
+    let text = output("oha", pinned(bin, cpus).args(oha_args(target, shape)))?;
     Ok(parse::oha_json(&text)?)
 }
 
@@ -76,9 +82,14 @@ pub fn wrk_args(target: SocketAddr, shape: Shape) -> Vec<String> {
     ]
 }
 
-/// Runs wrk flat out against `target`.
-pub fn wrk(bin: &Path, target: SocketAddr, shape: Shape) -> Result<WrkRun, BenchError> {
-    let text = output("wrk", Command::new(bin).args(wrk_args(target, shape)))?;
+/// Runs wrk flat out against `target`, on `cpus` if set.
+pub fn wrk(
+    bin: &Path,
+    cpus: Option<&str>,
+    target: SocketAddr,
+    shape: Shape,
+) -> Result<WrkRun, BenchError> {
+    let text = output("wrk", pinned(bin, cpus).args(wrk_args(target, shape)))?;
     Ok(parse::wrk_text(&text)?)
 }
 

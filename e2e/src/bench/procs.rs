@@ -29,6 +29,19 @@ pub fn free_addr() -> Result<SocketAddr, BenchError> {
     Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
+/// A command running `program` on the CPU list `cpus` (through `taskset
+/// -c`, which execs, so the pid is the program's), or unpinned.
+pub fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A child process killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -38,24 +51,17 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `program args` pinned to `cpu` (through `taskset -c`, which
-    /// execs, so the pid is the program's), output to `log`.
+    /// Spawns `program args` pinned to `cpus` (see [`pinned`]), output to
+    /// `log`.
     pub fn spawn(
         name: &str,
-        cpu: Option<usize>,
+        cpus: Option<&str>,
         program: &Path,
         args: &[String],
         envs: &[(&str, &str)],
         log: &Path,
     ) -> Result<Self, BenchError> {
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
+        let mut cmd = pinned(program, cpus);
         cmd.args(args).envs(envs.iter().copied());
         let out = std::fs::File::create(log).map_err(|e| BenchError::io("create log", e))?;
         let err = out

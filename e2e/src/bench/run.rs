@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::figures::{Comparison, Figures, Sample};
 use super::load::{self, Shape};
 use super::procs::{self, Monitor, Proc};
-use super::scenario::{self, CLIENT_CPU, Pair, SERVER_CPU};
+use super::scenario::{self, Pair, Placement};
 use super::xds::StaticAds;
 use super::{BenchError, certs, resources};
 
@@ -38,6 +38,8 @@ pub struct Options {
     pub max: Shape,
     /// Warm-up per scenario before the first repetition.
     pub warmup: Duration,
+    /// CPU placement of the proxies, the backend and the load generators.
+    pub placement: Placement,
 }
 
 /// Result of a run.
@@ -82,8 +84,8 @@ fn start_ours(
     set_pair_resources(ads, "ours", entry, inbound, backend)?;
     let mut procs_ = Vec::new();
     for (side, cpu, cert_dir) in [
-        ("client", CLIENT_CPU, &certs[0]),
-        ("server", SERVER_CPU, &certs[1]),
+        ("client", &opts.placement.client, &certs[0]),
+        ("server", &opts.placement.server, &certs[1]),
     ] {
         let node = scenario::node_id("ours", side);
         let ports = [
@@ -97,7 +99,7 @@ fn start_ours(
         let log = opts.work_dir.join(format!("{node}.log"));
         procs_.push(Proc::spawn(
             &node,
-            Some(cpu),
+            Some(cpu.as_str()),
             &opts.mesh_proxy,
             &args,
             &[("RUST_LOG", "warn")],
@@ -141,8 +143,8 @@ fn start_envoy(
     set_pair_resources(ads, "envoy", entry, inbound, backend)?;
     let mut procs_ = Vec::new();
     for (side, cpu, cert_dir) in [
-        ("client", CLIENT_CPU, &certs[0]),
-        ("server", SERVER_CPU, &certs[1]),
+        ("client", &opts.placement.client, &certs[0]),
+        ("server", &opts.placement.server, &certs[1]),
     ] {
         let node = scenario::node_id("envoy", side);
         let boot = scenario::envoy_bootstrap(ads.addr, &node, cert_dir, procs::free_port()?);
@@ -151,7 +153,7 @@ fn start_envoy(
         let log = opts.work_dir.join(format!("{node}.log"));
         procs_.push(Proc::spawn(
             &node,
-            Some(cpu),
+            Some(cpu.as_str()),
             envoy,
             &scenario::envoy_args(&path),
             &[],
@@ -174,15 +176,28 @@ fn start_haproxy(
     let (entry, inbound) = (procs::free_addr()?, procs::free_addr()?);
     let mut procs_ = Vec::new();
     for (side, cpu, listen, upstream, cert_dir) in [
-        ("client", CLIENT_CPU, entry, inbound, &certs[0]),
-        ("server", SERVER_CPU, inbound, backend, &certs[1]),
+        ("client", &opts.placement.client, entry, inbound, &certs[0]),
+        (
+            "server",
+            &opts.placement.server,
+            inbound,
+            backend,
+            &certs[1],
+        ),
     ] {
         let name = format!("haproxy-{side}");
         let cfg = scenario::haproxy_config(side, listen, upstream, cert_dir);
         let path = scenario::write_file(&opts.work_dir, &format!("{name}.cfg"), &cfg)?;
         let log = opts.work_dir.join(format!("{name}.log"));
         let args = vec!["-db".to_owned(), "-f".into(), path.display().to_string()];
-        procs_.push(Proc::spawn(&name, Some(cpu), haproxy, &args, &[], &log)?);
+        procs_.push(Proc::spawn(
+            &name,
+            Some(cpu.as_str()),
+            haproxy,
+            &args,
+            &[],
+            &log,
+        )?);
     }
     Ok(Pair {
         name: "haproxy".into(),
@@ -207,7 +222,12 @@ fn measure(
     let pids = scenario.pair.as_ref().map(Pair::pids).unwrap_or_default();
     let mut notes = Vec::new();
     let monitor = Monitor::start(&pids)?;
-    let oha = load::oha(&opts.oha, scenario.entry, opts.fixed)?;
+    let oha = load::oha(
+        &opts.oha,
+        opts.placement.load.as_deref(),
+        scenario.entry,
+        opts.fixed,
+    )?;
     let (fixed_usage, fixed_seconds) = monitor.stop(ticks)?;
     if oha.success_rate < 0.999 || oha.non_200 > 0 {
         notes.push(format!(
@@ -216,7 +236,12 @@ fn measure(
         ));
     }
     let monitor = Monitor::start(&pids)?;
-    let wrk = load::wrk(&opts.wrk, scenario.entry, opts.max)?;
+    let wrk = load::wrk(
+        &opts.wrk,
+        opts.placement.load.as_deref(),
+        scenario.entry,
+        opts.max,
+    )?;
     let (max_usage, max_seconds) = monitor.stop(ticks)?;
     if wrk.errors > 0 {
         notes.push(format!("{}: wrk {} errors", scenario.name, wrk.errors));
@@ -244,7 +269,7 @@ pub fn run(opts: &Options, ads: &StaticAds) -> Result<Outcome, BenchError> {
     let backend_addr = procs::free_addr()?;
     let mut backend = Proc::spawn(
         "backend",
-        None,
+        opts.placement.load.as_deref(),
         &opts.self_exe,
         &[
             "backend".into(),
@@ -305,7 +330,7 @@ pub fn run(opts: &Options, ads: &StaticAds) -> Result<Outcome, BenchError> {
     };
     for s in &scenarios {
         if !opts.warmup.is_zero() {
-            load::oha(&opts.oha, s.entry, warm)?;
+            load::oha(&opts.oha, opts.placement.load.as_deref(), s.entry, warm)?;
         }
     }
     let mut notes = Vec::new();

@@ -1,10 +1,11 @@
 //! The proxy pairs under test and how each is started: command lines and
 //! configuration files (pure, tested) and the processes.
 //!
-//! CPU placement on the benchmark machine: the client-side proxy on CPU 0,
-//! the server-side proxy on CPU 1, one worker each; the backend and the
-//! load generator float (on a 2-core machine they share those cores, the
-//! same way for every pair).
+//! CPU placement ([`Placement`]): by default the client-side proxy on CPU
+//! 0, the server-side proxy on CPU 1, one worker each; the backend and the
+//! load generators float (on a 2-core machine they share those cores, the
+//! same way for every pair). On a larger machine `--load-cpus` keeps them
+//! off the proxies' cores.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,47 @@ use serde_json::{Value, json};
 use super::BenchError;
 use super::procs::Proc;
 
-/// CPU of the client-side proxy.
-pub const CLIENT_CPU: usize = 0;
-/// CPU of the server-side proxy.
-pub const SERVER_CPU: usize = 1;
+/// Where the processes of a run are pinned: CPU lists as `taskset -c`
+/// takes them (`0`, `2,3`, `2-3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The client-side proxy of every pair.
+    pub client: String,
+    /// The server-side proxy of every pair.
+    pub server: String,
+    /// The backend and the load generators (oha, wrk); None: they float.
+    pub load: Option<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            client: "0".into(),
+            server: "1".into(),
+            load: None,
+        }
+    }
+}
+
+/// Checks a CPU list (`0`, `0,2`, `2-3`, `0,2-3`) and returns it as given.
+pub fn cpu_list(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-').map(|n| n.parse::<u16>());
+            match (ends.next(), ends.next()) {
+                (Some(Ok(_)), None) => true,
+                (Some(Ok(a)), Some(Ok(b))) => a <= b,
+                _ => false,
+            }
+        });
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a CPU list (numbers and ranges, comma separated: 0,2-3)"
+        ))
+    }
+}
 
 /// Node id of a side of a pair (`ours-client`, `envoy-server`, ...).
 pub fn node_id(pair: &str, side: &str) -> String {
@@ -190,6 +228,17 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, BenchEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_numbers_and_ranges() {
+        for ok in ["0", "1", "0,2", "2-3", "0,2-3", "12"] {
+            assert_eq!(cpu_list(ok), Ok(ok.to_owned()));
+        }
+        for bad in ["", "a", "0,", "3-2", "1-", "-1", "0;1", "0 1"] {
+            let err = cpu_list(bad).unwrap_err();
+            assert!(err.contains("is not a CPU list"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn envoy_bootstrap_points_at_ads_and_names_the_istio_secrets() {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mesh_e2e::bench::load::Shape;
 use mesh_e2e::bench::report::{self, Machine};
 use mesh_e2e::bench::run::{self, Options};
+use mesh_e2e::bench::scenario::{self, Placement};
 use mesh_e2e::bench::xds::StaticAds;
 
 /// mesh-bench: direct vs mesh-proxy pair vs Envoy pair (vs HAProxy pair).
@@ -69,6 +70,17 @@ struct RunArgs {
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// CPUs of the client-side proxy of every pair (`taskset -c` list).
+    #[arg(long, default_value = "0", value_parser = scenario::cpu_list)]
+    client_cpus: String,
+    /// CPUs of the server-side proxy of every pair.
+    #[arg(long, default_value = "1", value_parser = scenario::cpu_list)]
+    server_cpus: String,
+    /// CPUs of the backend and the load generators; by default they float.
+    /// On a machine with 4+ cores, e.g. `--load-cpus 2-3` keeps them off
+    /// the proxies' cores.
+    #[arg(long, value_parser = scenario::cpu_list)]
+    load_cpus: Option<String>,
 }
 
 fn optional(bin: &str) -> Option<PathBuf> {
@@ -151,6 +163,11 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         fixed: shape(args.rate),
         max: shape(0),
         warmup: Duration::from_secs(args.warmup),
+        placement: Placement {
+            client: args.client_cpus.clone(),
+            server: args.server_cpus.clone(),
+            load: args.load_cpus.clone(),
+        },
     };
     let oha = opts.oha.display().to_string();
     let wrk = opts.wrk.display().to_string();
