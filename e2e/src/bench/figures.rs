@@ -7,6 +7,9 @@
 pub struct ProxyUsage {
     /// User + system CPU seconds over the run.
     pub cpu_seconds: f64,
+    /// Of those, the seconds in user space (the rest is the kernel's work
+    /// for the process: system calls, TCP, wake-ups).
+    pub user_seconds: f64,
     /// Highest VmRSS seen during the run, KiB.
     pub rss_peak_kib: u64,
 }
@@ -52,10 +55,19 @@ impl Sample {
     /// CPU of all the scenario's proxies, in % of one core, per 1,000 rps
     /// of the fixed-rate run. NaN without proxies.
     pub fn cpu_pct_per_1k_rps(&self) -> f64 {
+        self.per_1k_rps(|u| u.cpu_seconds)
+    }
+
+    /// The user-space part of [`Sample::cpu_pct_per_1k_rps`].
+    pub fn user_pct_per_1k_rps(&self) -> f64 {
+        self.per_1k_rps(|u| u.user_seconds)
+    }
+
+    fn per_1k_rps(&self, seconds: impl Fn(&ProxyUsage) -> f64) -> f64 {
         if self.fixed_usage.is_empty() || self.fixed_seconds <= 0.0 || self.fixed_rps <= 0.0 {
             return f64::NAN;
         }
-        let cpu: f64 = self.fixed_usage.iter().map(|u| u.cpu_seconds).sum();
+        let cpu: f64 = self.fixed_usage.iter().map(seconds).sum();
         100.0 * cpu / self.fixed_seconds / (self.fixed_rps / 1000.0)
     }
 
@@ -94,6 +106,8 @@ pub struct Figures {
     pub p99_us: f64,
     /// CPU of the pair, % of a core per 1,000 rps.
     pub cpu_pct_per_1k: f64,
+    /// Its user-space part.
+    pub user_pct_per_1k: f64,
     /// wrk rps through the pair.
     pub max_rps: f64,
     /// rps per core of the busiest proxy.
@@ -115,6 +129,7 @@ impl Figures {
             p50_us: m(&|s| s.p50_us),
             p99_us: m(&|s| s.p99_us),
             cpu_pct_per_1k: m(&|s| s.cpu_pct_per_1k_rps()),
+            user_pct_per_1k: m(&|s| s.user_pct_per_1k_rps()),
             max_rps: m(&|s| s.max_rps),
             rps_per_core: m(&|s| s.rps_per_proxy_core()),
             rss_idle_kib,
@@ -136,6 +151,8 @@ pub struct Comparison {
     pub added_p99_ratio: f64,
     /// CPU per 1k rps / Envoy's.
     pub cpu_ratio: f64,
+    /// User-space CPU per 1k rps / Envoy's (a diagnostic, not a goal).
+    pub user_cpu_ratio: f64,
     /// rps per core / Envoy's.
     pub rps_per_core_ratio: f64,
     /// Idle RSS / Envoy's.
@@ -156,6 +173,7 @@ impl Comparison {
             added_p50_ratio: p50 / e50,
             added_p99_ratio: p99 / e99,
             cpu_ratio: pair.cpu_pct_per_1k / envoy.cpu_pct_per_1k,
+            user_cpu_ratio: pair.user_pct_per_1k / envoy.user_pct_per_1k,
             rps_per_core_ratio: pair.rps_per_core / envoy.rps_per_core,
             rss_idle_ratio: pair.rss_idle_kib / envoy.rss_idle_kib,
             rss_load_ratio: pair.rss_load_kib / envoy.rss_load_kib,
@@ -198,6 +216,7 @@ mod tests {
     fn usage(cpu: f64, rss: u64) -> ProxyUsage {
         ProxyUsage {
             cpu_seconds: cpu,
+            user_seconds: cpu / 4.0,
             rss_peak_kib: rss,
         }
     }
@@ -221,6 +240,7 @@ mod tests {
             ..Default::default()
         };
         assert!((s.cpu_pct_per_1k_rps() - 15.0).abs() < 1e-9);
+        assert!((s.user_pct_per_1k_rps() - 3.75).abs() < 1e-9);
         assert!(Sample::default().cpu_pct_per_1k_rps().is_nan());
     }
 
@@ -245,6 +265,7 @@ mod tests {
             p50_us: p50,
             p99_us: p99,
             cpu_pct_per_1k: cpu,
+            user_pct_per_1k: cpu / 2.0,
             max_rps: 0.0,
             rps_per_core: rpc,
             rss_idle_kib: rss,
@@ -257,6 +278,7 @@ mod tests {
         assert!((c.added_p50_ratio - 0.25).abs() < 1e-9);
         assert!((c.added_p99_ratio - 0.25).abs() < 1e-9);
         assert!((c.cpu_ratio - 0.25).abs() < 1e-9);
+        assert!((c.user_cpu_ratio - 0.25).abs() < 1e-9);
         assert!((c.rps_per_core_ratio - 4.0).abs() < 1e-9);
         assert!((c.rss_idle_ratio - 0.125).abs() < 1e-9);
         assert!(c.goals(&ours).iter().all(|(_, _, met)| *met));

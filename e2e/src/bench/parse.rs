@@ -115,8 +115,24 @@ pub fn wrk_text(text: &str) -> Result<WrkRun, ParseError> {
     })
 }
 
-/// User plus system CPU time, in clock ticks, from `/proc/<pid>/stat`.
-pub fn proc_stat_ticks(stat: &str) -> Result<u64, ParseError> {
+/// CPU time of a process, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTicks {
+    /// In user space (`utime`).
+    pub user: u64,
+    /// In the kernel on the process's behalf (`stime`).
+    pub system: u64,
+}
+
+impl CpuTicks {
+    /// User plus system.
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+/// User and system CPU time, in clock ticks, from `/proc/<pid>/stat`.
+pub fn proc_stat_ticks(stat: &str) -> Result<CpuTicks, ParseError> {
     let missing = ParseError::Missing {
         tool: "/proc/<pid>/stat",
         what: "utime/stime",
@@ -128,7 +144,7 @@ pub fn proc_stat_ticks(stat: &str) -> Result<u64, ParseError> {
     // fields[0] is field 3 (state): utime is field 14, stime field 15.
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     match (tick(11), tick(12)) {
-        (Some(u), Some(s)) => Ok(u + s),
+        (Some(user), Some(system)) => Ok(CpuTicks { user, system }),
         _ => Err(ParseError::Missing {
             tool: "/proc/<pid>/stat",
             what: "utime/stime",
@@ -200,7 +216,8 @@ mod tests {
     fn proc_stat_ticks_survive_spaces_and_parens_in_the_name() {
         let stat = "4242 (mesh (proxy) x) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
                     150 37 0 0 20 0 3 0 100 1000000 2500 18446744073709551615";
-        assert_eq!(proc_stat_ticks(stat).unwrap(), 187);
+        let ticks = proc_stat_ticks(stat).unwrap();
+        assert_eq!((ticks.user, ticks.system, ticks.total()), (150, 37, 187));
         assert!(proc_stat_ticks("4242 (x) S 1").is_err());
     }
 

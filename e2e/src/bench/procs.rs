@@ -96,7 +96,7 @@ impl Drop for Proc {
 }
 
 /// User + system CPU ticks of `pid` (all its threads).
-pub fn cpu_ticks(pid: u32) -> Result<u64, BenchError> {
+pub fn cpu_ticks(pid: u32) -> Result<parse::CpuTicks, BenchError> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
     Ok(parse::proc_stat_ticks(&text)?)
@@ -125,7 +125,7 @@ pub fn clock_ticks_per_second() -> f64 {
 #[derive(Debug)]
 pub struct Monitor {
     pids: Vec<u32>,
-    start_ticks: Vec<u64>,
+    start_ticks: Vec<parse::CpuTicks>,
     started: Instant,
     stop: Arc<AtomicBool>,
     sampler: Option<JoinHandle<Vec<u64>>>,
@@ -181,7 +181,8 @@ impl Monitor {
             .zip(&self.start_ticks)
             .enumerate()
             .map(|(i, (e, s))| ProxyUsage {
-                cpu_seconds: e.saturating_sub(*s) as f64 / ticks_per_second,
+                cpu_seconds: e.total().saturating_sub(s.total()) as f64 / ticks_per_second,
+                user_seconds: e.user.saturating_sub(s.user) as f64 / ticks_per_second,
                 rss_peak_kib: peaks.get(i).copied().unwrap_or(0),
             })
             .collect();
@@ -255,6 +256,7 @@ mod tests {
         assert!(x > 0);
         assert!(wall >= 0.15);
         assert!(usage[0].rss_peak_kib > 0);
-        assert!(usage[0].cpu_seconds >= 0.0);
+        assert!(usage[0].cpu_seconds >= usage[0].user_seconds);
+        assert!(usage[0].user_seconds >= 0.0);
     }
 }

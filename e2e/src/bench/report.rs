@@ -55,18 +55,19 @@ pub fn markdown(machine: &Machine, figures: &[Figures], cmp: &[(String, Comparis
     }
     let _ = writeln!(
         out,
-        "\n| scenario | rps (fixed) | p50 µs | p99 µs | CPU % of a core per 1k rps (pair) | max rps (wrk) | rps per proxy core | RSS idle MB | RSS load MB |"
+        "\n| scenario | rps (fixed) | p50 µs | p99 µs | CPU % of a core per 1k rps (pair) | of which user space | max rps (wrk) | rps per proxy core | RSS idle MB | RSS load MB |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for f in figures {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f.name,
             num(f.fixed_rps, 0),
             num(f.p50_us, 0),
             num(f.p99_us, 0),
             num(f.cpu_pct_per_1k, 1),
+            num(f.user_pct_per_1k, 1),
             num(f.max_rps, 0),
             num(f.rps_per_core, 0),
             num(f.rss_idle_kib / 1024.0, 1),
@@ -75,18 +76,19 @@ pub fn markdown(machine: &Machine, figures: &[Figures], cmp: &[(String, Comparis
     }
     let _ = writeln!(
         out,
-        "\n| vs Envoy | added p50 µs | ratio | added p99 µs | ratio | CPU per 1k rps | rps per core | RSS idle | RSS load |"
+        "\n| vs Envoy | added p50 µs | ratio | added p99 µs | ratio | CPU per 1k rps | user space only | rps per core | RSS idle | RSS load |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for (name, c) in cmp {
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             num(c.added_p50_us, 0),
             ratio(c.added_p50_ratio),
             num(c.added_p99_us, 0),
             ratio(c.added_p99_ratio),
             ratio(c.cpu_ratio),
+            ratio(c.user_cpu_ratio),
             ratio(c.rps_per_core_ratio),
             ratio(c.rss_idle_ratio),
             ratio(c.rss_load_ratio),
@@ -133,6 +135,7 @@ mod tests {
             p50_us: p50,
             p99_us: p50 * 2.0,
             cpu_pct_per_1k: cpu,
+            user_pct_per_1k: cpu / 2.0,
             max_rps: 10_000.0,
             rps_per_core: rpc,
             rss_idle_kib: rss,
@@ -155,7 +158,15 @@ mod tests {
             &[direct, ours.clone(), envoy],
             &[("mesh-proxy".into(), c.clone())],
         );
-        assert!(md.contains("| direct | 1000 | 100 | 200 | – |"), "{md}");
+        assert!(md.contains("| direct | 1000 | 100 | 200 | – | – |"), "{md}");
+        assert!(
+            md.contains("| mesh-proxy | 1000 | 200 | 400 | 10.0 | 5.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mesh-proxy | 100 | 0.33x | 200 | 0.33x | 0.50x | 0.50x | 3.00x |"),
+            "{md}"
+        );
         assert!(md.contains("| mesh-proxy | 100 | 0.33x |"), "{md}");
         assert!(
             md.contains("| added p50 <= 0.5x Envoy's | 0.33x | yes |"),
