@@ -58,6 +58,18 @@ fn config(echo: SocketAddr, listeners: &[(&str, SocketAddr)]) -> Arc<ProxyConfig
     ))
 }
 
+/// Starts the listener manager on `listeners` (to the `echo` cluster).
+fn start(
+    echo: SocketAddr,
+    listeners: &[(&str, SocketAddr)],
+) -> (watch::Sender<Arc<ProxyConfig>>, Arc<Shared>) {
+    mesh_proxy::install_crypto_provider();
+    let (tx, rx) = watch::channel(config(echo, listeners));
+    let shared = Shared::new(rx);
+    tokio::spawn(mesh_proxy::listener::run(shared.clone(), BTreeMap::new()));
+    (tx, shared)
+}
+
 /// Writes `msg` and reads it back through the proxy.
 async fn round_trip(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).await.unwrap();
@@ -110,12 +122,9 @@ async fn take(addr: SocketAddr, within: Duration) -> std::net::TcpListener {
 
 #[tokio::test]
 async fn a_removed_listener_releases_its_port_and_keeps_its_connections() {
-    mesh_proxy::install_crypto_provider();
     let echo = echo().await;
     let addr = free_addr();
-    let (tx, rx) = watch::channel(config(echo, &[("a", addr)]));
-    let shared = Shared::new(rx);
-    tokio::spawn(mesh_proxy::listener::run(shared.clone(), BTreeMap::new()));
+    let (tx, _shared) = start(echo, &[("a", addr)]);
     let mut established = connect_through(addr, Duration::from_secs(5)).await;
 
     // Listener "a" leaves the config: its port is free again (the test can
@@ -136,12 +145,9 @@ async fn a_removed_listener_releases_its_port_and_keeps_its_connections() {
 
 #[tokio::test]
 async fn a_listener_whose_address_changes_moves_to_the_new_one() {
-    mesh_proxy::install_crypto_provider();
     let echo = echo().await;
     let (first, second) = (free_addr(), free_addr());
-    let (tx, rx) = watch::channel(config(echo, &[("a", first)]));
-    let shared = Shared::new(rx);
-    tokio::spawn(mesh_proxy::listener::run(shared.clone(), BTreeMap::new()));
+    let (tx, _shared) = start(echo, &[("a", first)]);
     connect_through(first, Duration::from_secs(5)).await;
 
     tx.send_replace(config(echo, &[("a", second)]));
@@ -151,12 +157,9 @@ async fn a_listener_whose_address_changes_moves_to_the_new_one() {
 
 #[tokio::test]
 async fn listeners_stop_accepting_when_the_proxy_drains() {
-    mesh_proxy::install_crypto_provider();
     let echo = echo().await;
     let addr = free_addr();
-    let (_tx, rx) = watch::channel(config(echo, &[("a", addr)]));
-    let shared = Shared::new(rx);
-    tokio::spawn(mesh_proxy::listener::run(shared.clone(), BTreeMap::new()));
+    let (_tx, shared) = start(echo, &[("a", addr)]);
     let mut established = connect_through(addr, Duration::from_secs(5)).await;
 
     shared.draining.send_replace(true);
